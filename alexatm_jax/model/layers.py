@@ -1,0 +1,233 @@
+"""Building blocks of the encoder-decoder: norms, projections, attention with a KV cache, feed-forward.
+
+Every parameter is created with logical axis names (the T5X vocabulary: ``vocab``, ``embed``, ``mlp``,
+``heads``, ``kv``, ``layers``...), and the main activations carry logical sharding constraints, so that a
+set of logical-axis rules alone decides how the model is laid out on a device mesh.
+
+Shapes in docstrings use: B batch, L query length, S key length, D d_model (``embed``), H heads, K head
+dim (``kv``), F feed-forward width (``mlp``), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from alexatm_jax.model.config import ModelConfig
+
+Array = jax.Array
+
+# Logical names of activations (see alexatm_jax.partitioning for the rules that map them to the mesh).
+ACT_EMBED = ("batch", "length", "embed")
+ACT_HEADS = ("batch", "length", "heads", "kv")
+ACT_MLP = ("batch", "length", "mlp")
+ACT_VOCAB = ("batch", "length", "vocab")
+
+
+def dtype_of(name: str):
+    return jnp.dtype(name)
+
+
+def normal_init(std: float, names: tuple):
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names)
+
+
+def zeros_init(names: tuple):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def ones_init(names: tuple):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+class Norm(nn.Module):
+    """Normalisation over the last (``embed``) axis: [..., D] -> [..., D].
+
+    ``alexatm_layernorm`` is the reference implementation's LayerNorm, reproduced on purpose: it divides
+    the centred input by sqrt(mean(x**2) + eps), the *uncentred* second moment, not the variance. The
+    released weights were trained with it, so exact parity needs it. ``layernorm`` is the textbook one and
+    ``rmsnorm`` has no centring and no bias. Statistics are computed in float32 whatever the compute dtype.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        param_dtype = dtype_of(cfg.param_dtype)
+        features = x.shape[-1]
+        scale = self.param("scale", ones_init(("embed",)), (features,), param_dtype)
+        x32 = x.astype(jnp.float32)
+        if cfg.norm_type == "rmsnorm":
+            y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.layer_norm_eps)
+            return (y * scale.astype(jnp.float32)).astype(dtype_of(cfg.dtype))
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        if cfg.norm_type == "alexatm_layernorm":
+            second_moment = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+        else:
+            second_moment = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(second_moment + cfg.layer_norm_eps)
+        bias = self.param("bias", zeros_init(("embed",)), (features,), param_dtype)
+        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(dtype_of(cfg.dtype))
+
+
+class Embed(nn.Module):
+    """A lookup table [num, D] with logical axes ``(table_axis, 'embed')``: ids [...] -> [..., D]."""
+
+    num_embeddings: int
+    config: ModelConfig
+    table_axis: str = "vocab"
+
+    def setup(self):
+        cfg = self.config
+        self.embedding = self.param(
+            "embedding", normal_init(cfg.init_std, (self.table_axis, "embed")),
+            (self.num_embeddings, cfg.d_model), dtype_of(cfg.param_dtype))
+
+    def __call__(self, ids: Array) -> Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(dtype_of(self.config.dtype))
+
+    def attend(self, x: Array) -> Array:
+        """Tied output projection: [..., D] -> [..., num] (x times the table's transpose)."""
+        return jnp.einsum("...d,vd->...v", x, self.embedding.astype(x.dtype))
+
+
+def dense(config: ModelConfig, features, kernel_axes: tuple, bias_axes: tuple, axis=-1, name=None):
+    """A biased projection whose kernel and bias carry logical axis names."""
+    return nn.DenseGeneral(
+        features=features, axis=axis, use_bias=True,
+        dtype=dtype_of(config.dtype), param_dtype=dtype_of(config.param_dtype),
+        kernel_init=normal_init(config.init_std, kernel_axes),
+        bias_init=zeros_init(bias_axes), name=name)
+
+
+def attention_bias(mask: Array, dtype) -> Array:
+    """Boolean mask [B, 1, L, S] (True = may attend) -> additive bias (0 or the dtype's minimum)."""
+    return jnp.where(mask, 0.0, jnp.finfo(dtype).min).astype(dtype)
+
+
+def make_self_attention_mask(query_segments: Array, key_segments: Array, causal: bool,
+                             query_positions: Optional[Array] = None,
+                             key_positions: Optional[Array] = None) -> Array:
+    """[B, L], [B, S] segment ids (0 = padding) -> boolean mask [B, 1, L, S].
+
+    A key is visible when it is not padding and belongs to the query's segment (packed examples never see
+    each other). Padding queries may attend to any real key of the row (harmless: their outputs are never
+    used), which keeps their softmax well defined. ``causal`` adds key position <= query position.
+    """
+    key_valid = key_segments[:, None, None, :] > 0
+    same_segment = query_segments[:, None, :, None] == key_segments[:, None, None, :]
+    query_is_pad = (query_segments == 0)[:, None, :, None]
+    mask = key_valid & (same_segment | query_is_pad)
+    if causal:
+        if query_positions is None:
+            query_positions = jnp.arange(query_segments.shape[1])[None, :]
+        if key_positions is None:
+            key_positions = jnp.arange(key_segments.shape[1])[None, :]
+        mask = mask & (key_positions[:, None, None, :] <= query_positions[:, None, :, None])
+    return mask
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head dot-product attention with biased q/k/v/out projections.
+
+    In ``decode`` mode a self-attention layer keeps a KV cache ([B, max_len, H, K] keys and values plus an
+    index) and takes any number of new query tokens per call; a cross-attention layer computes the keys and
+    values of the encoder output once, on the call that passes ``kv_inputs``, and reuses them afterwards.
+    """
+
+    config: ModelConfig
+    is_cross_attention: bool = False
+    deterministic: bool = True
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, kv_inputs: Optional[Array], mask: Array) -> Array:
+        """x [B, L, D]; kv_inputs [B, S, D] or None (self-attention, or cached cross-attention);
+        mask [B, 1, L, S] boolean (for cached self-attention: [B, 1, L, max_len]). Returns [B, L, D]."""
+        cfg = self.config
+        heads, head_dim = cfg.num_heads, cfg.head_dim
+        project = functools.partial(dense, cfg, (heads, head_dim), ("embed", "heads", "kv"), ("heads", "kv"))
+        query = project(name="query")(x)
+        query = nn.with_logical_constraint(query, ACT_HEADS)
+
+        if self.is_cross_attention:
+            key, value = self._cross_keys_values(project, kv_inputs)
+        else:
+            key = project(name="key")(x)
+            value = project(name="value")(x)
+            if self.decode:
+                key, value = self._update_self_cache(key, value)
+        key = nn.with_logical_constraint(key, ACT_HEADS)
+        value = nn.with_logical_constraint(value, ACT_HEADS)
+
+        # Scores in float32: softmax over thousands of keys in bf16 loses the small probabilities.
+        scores = jnp.einsum("blhk,bshk->bhls", query, key, preferred_element_type=jnp.float32)
+        scores = scores / jnp.sqrt(jnp.float32(head_dim))
+        scores = scores + attention_bias(mask, jnp.float32)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype_of(cfg.dtype))
+        if cfg.attention_dropout_rate > 0 and not self.deterministic:
+            probs = nn.Dropout(cfg.attention_dropout_rate)(probs, deterministic=False)
+        context = jnp.einsum("bhls,bshk->blhk", probs, value)
+        context = nn.with_logical_constraint(context, ACT_HEADS)
+        out = dense(cfg, cfg.d_model, ("heads", "kv", "embed"), ("embed",), axis=(-2, -1), name="out")(context)
+        return nn.with_logical_constraint(out, ACT_EMBED)
+
+    def _cross_keys_values(self, project, kv_inputs):
+        if not self.decode:
+            return project(name="key")(kv_inputs), project(name="value")(kv_inputs)
+        if kv_inputs is not None:
+            key, value = project(name="key")(kv_inputs), project(name="value")(kv_inputs)
+            self.variable("cache", "cross_key", lambda: key).value = key
+            self.variable("cache", "cross_value", lambda: value).value = value
+            return key, value
+        if not self.has_variable("cache", "cross_key"):
+            raise ValueError("Cross-attention in decode mode needs the encoder output on the first call "
+                             "(it computes the keys/values once and caches them); got none and no cache.")
+        return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
+
+    def _update_self_cache(self, key, value):
+        initialised = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
+        if not initialised:
+            # Cache creation (model.init with decode=True): shapes only, plain attention this call.
+            return key, value
+        index = cache_index.value
+        new_tokens = key.shape[1]
+        key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
+                                           (0, index, 0, 0))
+        value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
+                                             (0, index, 0, 0))
+        cached_key.value, cached_value.value = key, value
+        cache_index.value = index + new_tokens
+        return key, value
+
+
+class MlpBlock(nn.Module):
+    """Feed-forward: [B, L, D] -> [B, L, D] through F hidden units (GeLU, gated GeLU or ReLU)."""
+
+    config: ModelConfig
+    hidden_dim: int
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        activation: Callable = (jax.nn.relu if cfg.ffn_type == "relu"
+                                else functools.partial(jax.nn.gelu, approximate=False))
+        if cfg.ffn_type == "gated_gelu":
+            gate = dense(cfg, self.hidden_dim, ("embed", "mlp"), ("mlp",), name="wi_0")(x)
+            linear = dense(cfg, self.hidden_dim, ("embed", "mlp"), ("mlp",), name="wi_1")(x)
+            hidden = activation(gate) * linear
+        else:
+            hidden = activation(dense(cfg, self.hidden_dim, ("embed", "mlp"), ("mlp",), name="wi")(x))
+        hidden = nn.with_logical_constraint(hidden, ACT_MLP)
+        out = dense(cfg, cfg.d_model, ("mlp", "embed"), ("embed",), name="wo")(hidden)
+        return nn.with_logical_constraint(out, ACT_EMBED)
