@@ -1,0 +1,54 @@
+"""The ``alexatm-jax`` console script: one subcommand per job (describe, convert-pytorch, train, eval...).
+
+Each subcommand lives in ``alexatm_jax/commands/<name>.py`` and exposes ``register(subparsers)``, which adds
+its parser and sets ``func`` to a handler taking the parsed arguments and returning an exit code. Heavy
+imports (JAX, TensorFlow) happen inside handlers so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Order is the order shown in --help: the data's path from text to metrics.
+COMMAND_MODULES = (
+    "describe",
+    "convert_pytorch",
+)
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one clear line, exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alexatm-jax",
+        description="AlexaTM-family multilingual encoder-decoder models in JAX: describe, convert, "
+                    "train, evaluate few-shot, generate.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"alexatm_jax.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, FileNotFoundError, FileExistsError, ValueError) as error:
+        if os.environ.get("ALEXATM_DEBUG"):
+            raise
+        print(f"alexatm-jax {args.command}: error: {error}", file=sys.stderr)
+        print("(set ALEXATM_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
