@@ -90,20 +90,51 @@ class Embed(nn.Module):
             (self.num_embeddings, cfg.d_model), dtype_of(cfg.param_dtype))
 
     def __call__(self, ids: Array) -> Array:
-        return jnp.take(self.embedding, ids, axis=0).astype(dtype_of(self.config.dtype))
+        # Gather the fsdp-sharded `embed` axis before the lookup (FSDP's just-in-time all-gather); looking
+        # rows up in the sharded table makes XLA replicate the activations to reshard them by batch.
+        table = nn.with_logical_constraint(self.embedding, (self.table_axis, None))
+        return jnp.take(table, ids, axis=0).astype(dtype_of(self.config.dtype))
 
     def attend(self, x: Array) -> Array:
         """Tied output projection: [..., D] -> [..., num] (x times the table's transpose)."""
         return jnp.einsum("...d,vd->...v", x, self.embedding.astype(x.dtype))
 
 
+class Dense(nn.Module):
+    """A projection contracting ``axis`` of x with a kernel of shape ``x.shape[axis] + features``.
+
+    Hand-written instead of ``nn.DenseGeneral`` because flax 0.12's DenseGeneral initialises multi-axis
+    kernels through a flattened 2-D shape, which breaks logical partitioning metadata (a 3-axis name tuple on
+    a 2-D array) as soon as a mesh and logical-axis rules are active.
+    """
+
+    config: ModelConfig
+    features: tuple
+    kernel_axes: tuple
+    bias_axes: Optional[tuple] = None  # None: no bias
+    axis: tuple = (-1,)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        axis = tuple(a % x.ndim for a in self.axis)
+        kernel_shape = tuple(x.shape[a] for a in axis) + tuple(self.features)
+        kernel = self.param("kernel", normal_init(cfg.init_std, self.kernel_axes), kernel_shape,
+                            dtype_of(cfg.param_dtype))
+        dtype = dtype_of(cfg.dtype)
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
+                                ((axis, tuple(range(len(axis)))), ((), ())))
+        if self.bias_axes is not None:
+            bias = self.param("bias", zeros_init(self.bias_axes), tuple(self.features), dtype_of(cfg.param_dtype))
+            y = y + bias.astype(dtype)
+        return y
+
+
 def dense(config: ModelConfig, features, kernel_axes: tuple, bias_axes: tuple, axis=-1, name=None):
     """A biased projection whose kernel and bias carry logical axis names."""
-    return nn.DenseGeneral(
-        features=features, axis=axis, use_bias=True,
-        dtype=dtype_of(config.dtype), param_dtype=dtype_of(config.param_dtype),
-        kernel_init=normal_init(config.init_std, kernel_axes),
-        bias_init=zeros_init(bias_axes), name=name)
+    features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
+    axis = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    return Dense(config, features, kernel_axes, bias_axes, axis, name=name)
 
 
 def attention_bias(mask: Array, dtype) -> Array:

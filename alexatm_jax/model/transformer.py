@@ -183,10 +183,7 @@ class Decoder(nn.Module):
         if self.output_embedder is not None:
             logits = self.output_embedder.attend(x)
         else:
-            logits = nn.DenseGeneral(
-                cfg.vocab_size, use_bias=False, dtype=L.dtype_of(cfg.dtype),
-                param_dtype=L.dtype_of(cfg.param_dtype),
-                kernel_init=L.normal_init(cfg.init_std, ("embed", "vocab")), name="logits_dense")(x)
+            logits = L.Dense(cfg, (cfg.vocab_size,), ("embed", "vocab"), None, name="logits_dense")(x)
         logits = logits.astype(jnp.float32)
         if cfg.use_final_logits_bias:
             bias = self.param("final_logits_bias", L.zeros_init(("vocab",)), (cfg.vocab_size,),
