@@ -1,0 +1,68 @@
+"""`alexatm-jax eval --checkpoint DIR --task NAME --shots 0,1,5 --output DIR`: few-shot evaluation of a task card."""
+
+from __future__ import annotations
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "eval", help="few-shot evaluation of a checkpoint on a task card (tasks/*.yaml)",
+        description="Renders the task card's prompts with 0 or more shots, decodes them (or scores every "
+                    "choice, for rank classification), post-processes and scores the outputs. Writes "
+                    "OUTPUT/results.json (checkpoint, card, shots, seed, metric signatures, scores, and every "
+                    "example's prompt, prediction and reference) and prints a markdown table.")
+    parser.add_argument("--checkpoint", required=True, help="model directory (exported or a training MODEL_DIR)")
+    parser.add_argument("--task", required=True, help="task card name in tasks/ (e.g. udhr_translation) or a "
+                                                      "path to a .yaml card; an unknown name lists them all")
+    parser.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,5 (default 0)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a card param, e.g. --param src=de,tgt=ja (repeatable)")
+    parser.add_argument("--data", help="read this data instead of the card's default source: a JSONL file "
+                                       "with the card's fields, or a folder in the card's format (Flores-101, "
+                                       "XSum, MLSum)")
+    parser.add_argument("--shots-data", help="JSONL file to draw shots from (when --data has no splits)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    parser.add_argument("--seed", type=int, help="seed for random shot selection and sampling (default: card's)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, help="override the card's decoding.max_new_tokens")
+    parser.add_argument("--num-beams", type=int, help="override the card's decoding.num_beams")
+    parser.add_argument("--mesh", help="device mesh, e.g. data=8 (default: no sharding)")
+    parser.add_argument("--spm", help="SentencePiece model for spBLEU when the official Flores-101 one is "
+                                      "absent (default: the checkpoint's tokenizer)")
+    parser.add_argument("--output", required=True, help="directory for results.json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from alexatm_jax.cli import UserError
+    from alexatm_jax.evaluation import cards, runner
+
+    try:
+        shots = [int(s) for s in args.shots.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--shots {args.shots!r} is not a comma-separated list of integers (e.g. 0,1,5)") from None
+    try:
+        card = cards.load_card(args.task, cards.parse_params(args.param))
+        if args.max_new_tokens is not None:
+            card.decoding["max_new_tokens"] = args.max_new_tokens
+        if args.num_beams is not None:
+            card.decoding["num_beams"] = args.num_beams
+    except cards.CardError as error:
+        raise UserError(str(error)) from None
+
+    import alexatm_jax
+    mesh = None
+    if args.mesh:
+        from alexatm_jax.partitioning import make_mesh
+        mesh = make_mesh(args.mesh)
+    lm = alexatm_jax.load(args.checkpoint, mesh=mesh)
+    try:
+        results = runner.evaluate(lm, card, shots, data=args.data, shots_data=args.shots_data, limit=args.limit,
+                                  seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
+                                  spm_path=args.spm, checkpoint=args.checkpoint)
+    except cards.CardError as error:
+        raise UserError(str(error)) from None
+    path = runner.write_results(results, args.output)
+    print(runner.markdown_table(results))
+    print(f"\nwrote {path}")
+    return 0

@@ -1,0 +1,1 @@
+"""Few-shot evaluation: metrics, task cards, prompt rendering, data loaders and the runner."""
