@@ -43,9 +43,16 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.13",
-    packages=find_packages(include=["alexatm_jax", "alexatm_jax.*"]),
-    include_package_data=True,
-    package_data={"alexatm_jax": ["py.typed"]},
+    # Task cards and gin files live at the top of the repository (where users look for them) and are
+    # installed inside the package, so a plain `pip install` (e.g. on Colab) has them too.
+    packages=find_packages(include=["alexatm_jax", "alexatm_jax.*"])
+    + ["alexatm_jax.task_cards", "alexatm_jax.gin_configs"],
+    package_dir={"alexatm_jax.task_cards": "tasks", "alexatm_jax.gin_configs": "gin_configs"},
+    package_data={
+        "alexatm_jax": ["data/bundled/*.json", "data/bundled/*/*", "data/bundled/*/*/*"],
+        "alexatm_jax.task_cards": ["*.yaml"],
+        "alexatm_jax.gin_configs": ["*/*.gin"],
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["alexatm-jax=alexatm_jax.cli:main"]},

@@ -23,7 +23,16 @@ import yaml
 from alexatm_jax.evaluation import loaders
 from alexatm_jax.evaluation import metrics as metric_lib
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+
+
+def _tasks_dir() -> Path:
+    """The task cards: installed inside the package (``alexatm_jax/task_cards``, see setup.py), or the
+    repository's ``tasks/`` folder in a source checkout / editable install."""
+    installed = Path(__file__).resolve().parents[1] / "task_cards"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[2] / "tasks"
+
+
+TASKS_DIR = _tasks_dir()
 
 LANGUAGE_NAMES = {
     "ar": "Arabic", "en": "English", "fr": "French", "de": "German", "hi": "Hindi", "it": "Italian",
