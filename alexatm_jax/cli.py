@@ -16,6 +16,12 @@ import sys
 COMMAND_MODULES = (
     "describe",
     "convert_pytorch",
+    "train_tokenizer",
+    "show_data",
+    "train",
+    "plan",
+    "generate",
+    "eval",
 )
 
 

@@ -1,0 +1,90 @@
+"""``alexatm-jax plan``: will this model train on that mesh? Compiles the real train step ahead of time on
+abstract shapes over virtual devices (nothing is allocated) and prints per-device memory (parameters,
+optimizer state, temporaries), FLOPs per step and whether it fits; the last line is JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+from alexatm_jax.cli import UserError
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("plan", help="per-device memory and FLOPs of a train step on a mesh, "
+                                                "compiled ahead of time on virtual devices",
+                                   description=__doc__)
+    parser.add_argument("--model", required=True, help="preset: tiny small base large xl 20b")
+    parser.add_argument("--mesh", required=True, help="e.g. 'data=2,fsdp=4,tensor=8' (-1 = the rest; then "
+                                                      "give --devices)")
+    parser.add_argument("--devices", type=int, default=None, help="device count (default: the mesh's product)")
+    parser.add_argument("--batch", type=int, required=True, help="global batch, in sequences")
+    parser.add_argument("--inputs", type=int, required=True, help="encoder length")
+    parser.add_argument("--targets", type=int, required=True, help="decoder length")
+    parser.add_argument("--device-memory", type=float, default=None, dest="device_memory",
+                        help="GiB per device, to say whether it fits")
+    parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument("--optimizer", default="adamw", choices=("adamw", "adafactor"))
+    parser.add_argument("--remat", default=None, help="override the preset's remat policy "
+                                                      "(none full dots dots_with_no_batch_dims)")
+    parser.add_argument("--scan", default=None, choices=("true", "false"), help="override scan_layers")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="compute dtype")
+    parser.set_defaults(func=run)
+
+
+def _device_count(mesh: str, devices) -> int:
+    sizes = []
+    for part in filter(None, (p.strip() for p in mesh.split(","))):
+        try:
+            sizes.append(int(part.partition("=")[2]))
+        except ValueError:
+            raise UserError(f"bad --mesh {mesh!r}: write AXIS=SIZE pairs, e.g. 'data=2,fsdp=4'") from None
+    if devices:
+        return devices
+    if -1 in sizes:
+        raise UserError("--mesh uses -1: also give --devices N so the plan knows how many devices there are")
+    return math.prod(sizes) if sizes else 1
+
+
+def run(args) -> int:
+    count = _device_count(args.mesh, args.devices)
+    if "jax" not in sys.modules:
+        # Virtual CPU devices must be requested before JAX starts; they compile, never allocate.
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    from alexatm_jax.model.config import get_preset
+    from alexatm_jax.training import planning
+
+    config = get_preset(args.model)
+    changes = {}
+    if args.remat:
+        changes["remat_policy"] = args.remat
+    if args.scan:
+        changes["scan_layers"] = args.scan == "true"
+    if args.dtype:
+        changes["dtype"] = args.dtype
+    config = config.replace(**changes)
+    devices = jax.devices()
+    if len(devices) < count:
+        raise UserError(f"the plan needs {count} devices but JAX has {len(devices)}; run it in a fresh process "
+                        "(the command sets up virtual devices itself)")
+    result = planning.plan(config, args.mesh, args.batch, args.inputs, args.targets,
+                           device_memory_gib=args.device_memory, num_microbatches=args.microbatches,
+                           optimizer=args.optimizer, devices=devices[:count])
+    gib = result["per_device_gib"]
+    print(f"{args.model} ({result['model_params'] / 1e9:.3f}B params) on mesh {result['mesh']}, batch {args.batch}, "
+          f"lengths {args.inputs}+{args.targets}, scan={config.scan_layers}, remat={config.remat_policy}, "
+          f"dtype={config.dtype}")
+    print(f"  per device: params {gib['params']:.2f} GiB, optimizer state {gib['optimizer_state']:.2f} GiB, "
+          f"temporaries {gib['temporaries']:.2f} GiB, total {gib['total']:.2f} GiB")
+    print(f"  model FLOPs per step {result['model_flops_per_step']:.3e}")
+    if "fits" in result:
+        print(f"  fits in {args.device_memory} GiB: {'yes' if result['fits'] else 'NO'}")
+    print(json.dumps(result, sort_keys=True))
+    return 0

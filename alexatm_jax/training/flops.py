@@ -1,0 +1,71 @@
+"""Model FLOPs of a train step, and the peak FLOP/s of a device, for model FLOPs utilisation (MFU).
+
+How FLOPs are counted (analytic, "model FLOPs" in the PaLM/MaxText sense: what the model needs, not what
+the hardware runs, so rematerialisation does not inflate it). Per sequence of S encoder and T decoder
+positions, with D = d_model, F = ffn width, V = vocabulary, Le / Ld = layer counts, a matmul of an
+[m, k] by [k, n] costing 2*m*k*n:
+
+  forward = 2 * ( S * Le * (4 D^2 + 2 D Fe)                  encoder q,k,v,o projections and MLP
+                + T * Ld * (4 D^2 + 2 D^2 + 2 D Fd)          decoder self q,k,v,o, cross q,o, MLP
+                + S * Ld * 2 D^2                             cross-attention k,v over the encoder output
+                + T * D * V )                                LM head
+          + Le * 4 S^2 D + Ld * (4 T^2 D + 4 T S D)          attention scores and weighted values
+                                                             (full squares: causal masking not discounted)
+  train step = 3 * forward * global batch                    backward = 2 x forward
+
+Embedding lookups, norms, softmax and the optimizer are not counted (they are not matmuls). Lengths are
+the padded feature lengths: packing fills them, so they are what the step really processes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from alexatm_jax.model.config import ModelConfig
+
+# Dense peak FLOP/s per device by compute dtype. CPU figures were measured on this project's 2-core
+# machines (jnp.dot 2048^3); accelerator figures are the vendors' dense (no sparsity) matmul peaks, with
+# f32 on NVIDIA meaning TF32 tensor cores and on TPU the bf16 MXU rate (f32 matmuls are passed through it).
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "cpu": {"float32": 310e9, "bfloat16": 258e9},
+    "a100": {"float32": 156e12, "bfloat16": 312e12},
+    "h100": {"float32": 495e12, "bfloat16": 989e12},
+    "h200": {"float32": 495e12, "bfloat16": 989e12},
+    "tpu v4": {"float32": 275e12, "bfloat16": 275e12},
+    "tpu v5p": {"float32": 459e12, "bfloat16": 459e12},
+    "tpu v5 lite": {"float32": 197e12, "bfloat16": 197e12},  # v5e reports itself as "TPU v5 lite"
+    "tpu v5e": {"float32": 197e12, "bfloat16": 197e12},
+}
+
+
+def forward_flops_per_sequence(config: ModelConfig, inputs_length: int, targets_length: int) -> float:
+    """Forward-pass model FLOPs for one (inputs, targets) sequence pair; formula in the module docstring."""
+    d, s, t = config.d_model, inputs_length, targets_length
+    le, ld = config.encoder_layers, config.decoder_layers
+    fe, fd = config.encoder_ffn_dim, config.decoder_ffn_dim
+    if config.ffn_type == "gated_gelu":  # two input projections instead of one
+        fe, fd = fe * 3 / 2, fd * 3 / 2
+    matmul_params_tokens = (s * le * (4 * d * d + 2 * d * fe)
+                            + t * ld * (6 * d * d + 2 * d * fd)
+                            + s * ld * 2 * d * d
+                            + t * d * config.vocab_size)
+    attention = le * 4 * s * s * d + ld * (4 * t * t * d + 4 * t * s * d)
+    return 2.0 * matmul_params_tokens + attention
+
+
+def train_step_flops(config: ModelConfig, batch_size: int, inputs_length: int, targets_length: int) -> float:
+    """Model FLOPs of one training step over the global batch (forward + backward = 3 x forward)."""
+    return 3.0 * batch_size * forward_flops_per_sequence(config, inputs_length, targets_length)
+
+
+def device_peak_flops(device_kind: str, dtype: str = "bfloat16", override: Optional[float] = None) -> Optional[float]:
+    """Peak FLOP/s of one device (``jax.Device.device_kind``), or ``override`` if given; None if unknown."""
+    if override:
+        return float(override)
+    kind = device_kind.lower()
+    dtype = "bfloat16" if dtype in ("bfloat16", "float16") else "float32"
+    # Longest key first so that "tpu v5 lite" wins over a shorter match.
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if key in kind:
+            return PEAK_FLOPS[key][dtype]
+    return None

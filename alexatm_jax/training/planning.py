@@ -1,0 +1,95 @@
+"""Ahead-of-time plans: compile the real train step on abstract shapes over (virtual) devices and report
+per-device memory and FLOPs, without allocating parameters or data.
+
+The memory figures are XLA's own buffer assignment for the compiled step (``compiled.memory_analysis()``)
+on the backend that compiled it: on virtual CPU devices that is the CPU compiler's assignment, a close but
+not exact stand-in for a GPU/TPU compile of the same program. Parameter and optimizer-state bytes are
+exact (shard shapes times dtype sizes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from alexatm_jax import partitioning
+from alexatm_jax.model.config import ModelConfig
+from alexatm_jax.model.transformer import AlexaTMTransformer
+from alexatm_jax.training import flops, optimizer as opt_lib, step as step_lib
+from alexatm_jax.training.train_state import StateLayout, init_params_boxed
+
+GiB = 1024 ** 3
+
+
+def per_device_bytes(abstract_tree: Any) -> int:
+    """Bytes one device holds of a tree of ShapeDtypeStructs with shardings (its shard of each leaf)."""
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(abstract_tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def plan(config: ModelConfig, mesh_spec: str, batch_size: int, inputs_length: int, targets_length: int, *,
+         device_memory_gib: Optional[float] = None, num_microbatches: int = 1, optimizer: str = "adamw",
+         rules=partitioning.DEFAULT_RULES, devices=None) -> dict:
+    """Compiles one train step of ``config`` on ``mesh_spec`` (over ``devices``, default all) and returns
+    the plan as a JSON-able dict (bytes per device, FLOPs per step, fits)."""
+    devices = list(jax.devices() if devices is None else devices)
+    mesh = partitioning.make_mesh(mesh_spec, devices)
+    sizes = dict(mesh.shape)
+    if batch_size % num_microbatches or (batch_size // num_microbatches) % (sizes["data"] * sizes["fsdp"]):
+        raise ValueError(f"batch {batch_size} / microbatches {num_microbatches} must be divisible by data x fsdp "
+                         f"= {sizes['data'] * sizes['fsdp']}")
+    for name, length in (("inputs", inputs_length), ("targets", targets_length)):
+        if length > config.max_position_embeddings:
+            raise ValueError(f"--{name} {length} exceeds the model's {config.max_position_embeddings} positions")
+    model = AlexaTMTransformer(config)
+    abstract_params = jax.eval_shape(lambda: nn.unbox(init_params_boxed(model, jax.random.PRNGKey(0),
+                                                                        inputs_length, targets_length)))
+    schedule = opt_lib.learning_rate_schedule()
+    tx = opt_lib.make_optimizer(abstract_params, name=optimizer, schedule=schedule)
+    layout = StateLayout(model, tx, mesh, rules, inputs_length, targets_length)
+    batch_sharding = partitioning.data_sharding(mesh, rules)
+    train_step = step_lib.make_train_step(layout, schedule, step_lib.StepOptions(num_microbatches=num_microbatches),
+                                          batch_sharding)
+    batch = {k: jax.ShapeDtypeStruct((batch_size, targets_length if k.startswith("decoder") else inputs_length),
+                                     jnp.int32, sharding=batch_sharding) for k in step_lib.BATCH_FEATURES}
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=layout.replicated)
+    compiled = train_step.lower(layout.abstract, batch, rng).compile()
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+    params_bytes = per_device_bytes(layout.abstract.params)
+    opt_bytes = per_device_bytes(layout.abstract.opt_state)
+    temp = int(memory.temp_size_in_bytes)
+    # Peak live bytes: inputs (state and batch) stay alive; outputs alias the donated state, so only the
+    # non-aliased part of the outputs is extra; temporaries come on top.
+    total = int(memory.argument_size_in_bytes) + int(memory.output_size_in_bytes) - int(memory.alias_size_in_bytes) + temp
+    n_params = opt_lib.count_params(abstract_params)
+    model_flops = flops.train_step_flops(config, batch_size, inputs_length, targets_length)
+    result = {
+        "model_params": n_params,
+        "mesh": {k: int(v) for k, v in sizes.items()},
+        "devices": len(devices),
+        "batch": batch_size, "inputs": inputs_length, "targets": targets_length,
+        "num_microbatches": num_microbatches, "optimizer": optimizer,
+        "scan_layers": config.scan_layers, "remat_policy": config.remat_policy, "dtype": config.dtype,
+        "per_device_gib": {
+            "params": params_bytes / GiB,
+            "optimizer_state": opt_bytes / GiB,
+            "temporaries": temp / GiB,
+            "total": total / GiB,
+        },
+        "model_flops_per_step": model_flops,
+        "xla_flops_per_step_per_device": float(cost.get("flops", float("nan"))),
+        "compiled_on": f"{devices[0].platform} ({devices[0].device_kind})",
+    }
+    if device_memory_gib:
+        result["device_memory_gib"] = device_memory_gib
+        result["fits"] = total / GiB <= device_memory_gib
+    return result

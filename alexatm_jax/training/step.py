@@ -1,0 +1,133 @@
+"""The jitted train and eval steps, with explicit input and output shardings over the mesh.
+
+A batch is a dict of [B, L] int arrays with the seqio feature names (``encoder_input_tokens``,
+``encoder_segment_ids``, ``encoder_positions``, ``decoder_input_tokens``, ``decoder_target_tokens``,
+``decoder_loss_weights``, ``decoder_segment_ids``, ``decoder_positions``), B the global batch, sharded over
+the data-parallel mesh axes.
+
+Parameters, optimizer state and inputs are placed by explicit shardings; activations follow by XLA's
+sharding propagation. The step is traced with no global mesh in context, so the model's logical activation
+constraints are inert: under a mesh, Flax's DenseGeneral constrains its multi-axis kernels while they are
+still flat (in its parameter shape check) and fails. See the report on the model's ``dense`` helper.
+
+The loss is normalised by the total target weight of the whole global batch, once, after summing over
+microbatches, so any microbatch count or device count computes the same number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from alexatm_jax.training import losses
+from alexatm_jax.training.train_state import StateLayout, TrainState
+
+BATCH_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions", "decoder_input_tokens",
+                  "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids", "decoder_positions")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    num_microbatches: int = 1
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    # True: a non-finite loss or gradient leaves params and optimizer state as they were (the step counter
+    # still advances, the batch is consumed). False: the update is applied and the trainer stops.
+    skip_nonfinite: bool = False
+
+
+def _model_kwargs(batch: dict) -> dict:
+    return {k: batch[k] for k in BATCH_FEATURES if k in batch and k != "decoder_loss_weights"}
+
+
+def batch_loss_sums(model, params, batch: dict, dropout_rng: Optional[jax.Array],
+                    options: StepOptions) -> losses.LossSums:
+    """Forward pass and weighted loss sums of one (micro)batch. Dropout on iff ``dropout_rng`` is given."""
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+    logits = model.apply({"params": params}, **_model_kwargs(batch), enable_dropout=dropout_rng is not None,
+                         rngs=rngs)
+    return losses.loss_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+                            options.label_smoothing, options.z_loss)
+
+
+def _split_microbatches(batch: dict, num: int, sharding: NamedSharding) -> dict:
+    """[B, L] -> [num, B/num, L], row i going to microbatch i % num: every device keeps its own rows, so
+    splitting moves no data between devices."""
+    def split(x):
+        x = x.reshape((x.shape[0] // num, num) + x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(
+            x, NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec)))
+    return {k: split(v) for k, v in batch.items()}
+
+
+def make_train_step(layout: StateLayout, schedule: optax.Schedule, options: StepOptions,
+                    batch_sharding: NamedSharding) -> Callable:
+    """``step(state, batch, rng) -> (state, metrics)``, jitted with the layout's shardings; the input state
+    is donated. Metrics (replicated scalars): loss, z_loss, accuracy, grad_norm, learning_rate, weight
+    (target tokens), finite (1.0 if loss and gradients were finite)."""
+    model, tx = layout.model, layout.tx
+
+    def grads_and_sums(params, batch, rng):
+        def loss_fn(p, mb, r):
+            sums = batch_loss_sums(model, p, mb, r, options)
+            return sums.loss, sums
+
+        grad_fn = jax.grad(loss_fn, has_aux=True)
+        if options.num_microbatches == 1:
+            return grad_fn(params, batch, rng)
+        micro = _split_microbatches(batch, options.num_microbatches, batch_sharding)
+
+        def body(carry, xs):
+            acc_grads, acc_sums = carry
+            mb, index = xs
+            grads, sums = grad_fn(params, mb, jax.random.fold_in(rng, index))
+            return (jax.tree_util.tree_map(jnp.add, acc_grads, grads), losses.add_sums(acc_sums, sums)), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        (grads, sums), _ = jax.lax.scan(body, (zeros, losses.zero_sums()),
+                                        (micro, jnp.arange(options.num_microbatches)))
+        return grads, sums
+
+    def step(state: TrainState, batch: dict, rng: jax.Array):
+        # The dropout key depends only on (seed, step): a resumed run draws the same masks.
+        dropout_rng = jax.random.fold_in(rng, state.step)
+        grads, sums = grads_and_sums(state.params, batch, dropout_rng)
+        norm = jnp.maximum(sums.weight, 1.0)
+        grads = jax.tree_util.tree_map(lambda g: g / norm, grads)
+        grad_norm = optax.tree.norm(grads)
+        loss = sums.loss / norm
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if options.skip_nonfinite:
+            keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+            new_params = keep(new_params, state.params)
+            new_opt_state = keep(new_opt_state, state.opt_state)
+        new_state = TrainState(step=state.step + 1, params=new_params, opt_state=new_opt_state)
+        metrics = dict(loss=loss, z_loss=sums.z_loss / norm, accuracy=sums.correct / norm,
+                       grad_norm=grad_norm, learning_rate=schedule(state.step), weight=sums.weight,
+                       finite=finite.astype(jnp.float32))
+        return new_state, metrics
+
+    replicated = layout.replicated
+    batch_shardings = {k: batch_sharding for k in BATCH_FEATURES}
+    jitted = jax.jit(step, in_shardings=(layout.shardings, batch_shardings, replicated),
+                     out_shardings=(layout.shardings, replicated), donate_argnums=(0,))
+
+    return jitted
+
+
+def make_eval_step(layout: StateLayout, options: StepOptions, batch_sharding: NamedSharding) -> Callable:
+    """``eval_step(params, batch) -> LossSums`` (no dropout), jitted with explicit shardings."""
+    model = layout.model
+
+    def step(params, batch):
+        return batch_loss_sums(model, params, batch, None, options)
+
+    return jax.jit(step, in_shardings=(layout.shardings.params, {k: batch_sharding for k in BATCH_FEATURES}),
+                   out_shardings=layout.replicated)

@@ -1,0 +1,81 @@
+"""`alexatm-jax plan` compiles the real train step on virtual devices and reports per-device memory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from alexatm_jax import cli, partitioning
+from alexatm_jax.model.config import get_preset
+from alexatm_jax.model.transformer import AlexaTMTransformer
+from alexatm_jax.training import flops
+from alexatm_jax.training.train_state import init_params_boxed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MESH = {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def _plan(*args: str) -> tuple[int, str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-c", "import sys; from alexatm_jax.cli import main; sys.exit(main())",
+                           "plan", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _expected_param_bytes_per_device() -> float:
+    """Each parameter's bytes divided by the mesh sizes its logical axes map to (DEFAULT_RULES)."""
+    model = AlexaTMTransformer(get_preset("tiny"))
+    boxed = jax.eval_shape(lambda: init_params_boxed(model, jax.random.PRNGKey(0), 64, 64))
+    rules = dict(partitioning.DEFAULT_RULES)
+    total = 0.0
+    for leaf, spec in zip(jax.tree_util.tree_leaves(nn.unbox(boxed)),
+                          jax.tree_util.tree_leaves(nn.get_partition_spec(boxed),
+                                                    is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))):
+        factor = 1
+        for name in spec:
+            target = rules.get(name)
+            for axis in (target,) if isinstance(target, str) else (target or ()):
+                factor *= MESH[axis]
+        total += math.prod(leaf.shape) * 4 / factor
+    return total
+
+
+def test_plan_tiny_on_eight_virtual_devices():
+    rc, out, err = _plan("--model", "tiny", "--mesh", "data=2,fsdp=2,tensor=2", "--batch", "8", "--inputs", "64",
+                         "--targets", "64", "--device-memory", "1")
+    assert rc == 0, err[-3000:]
+    plan = json.loads(out.strip().splitlines()[-1])
+    assert plan["devices"] == 8 and plan["mesh"] == MESH and plan["fits"] is True
+    gib = plan["per_device_gib"]
+    np.testing.assert_allclose(gib["params"] * 1024 ** 3, _expected_param_bytes_per_device(), rtol=1e-9)
+    # AdamW keeps two f32 moments per parameter (plus scalar counters).
+    np.testing.assert_allclose(gib["optimizer_state"], 2 * gib["params"], rtol=1e-3)
+    assert gib["temporaries"] > 0 and gib["total"] >= gib["params"] + gib["optimizer_state"]
+    assert plan["model_flops_per_step"] == flops.train_step_flops(get_preset("tiny"), 8, 64, 64)
+    assert "per device: params" in out
+
+    rc, out, _ = _plan("--model", "tiny", "--mesh", "fsdp=2", "--batch", "2", "--inputs", "16", "--targets", "16",
+                       "--device-memory", "0.001")
+    assert rc == 0 and json.loads(out.strip().splitlines()[-1])["fits"] is False
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mesh", "fsdp=-1"], "give --devices"),
+    (["--mesh", "fsdp=2", "--model", "huge"], "Unknown model preset"),
+])
+def test_plan_bad_input(capsys, args, message):
+    base = {"--model": "tiny", "--batch": "2", "--inputs": "16", "--targets": "16"}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    argv = ["plan"] + [x for kv in base.items() for x in kv]
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
