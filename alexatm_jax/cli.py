@@ -57,4 +57,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: command modules raise
+    # alexatm_jax.cli.UserError, which is a different class from this file's when run with -m.
+    from alexatm_jax.cli import main as package_main
+    sys.exit(package_main())

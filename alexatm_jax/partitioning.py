@@ -9,6 +9,7 @@ feed-forward units). One code path runs from one CPU to a pod: a 1x1x1 mesh is j
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Optional, Sequence
 
@@ -118,3 +119,11 @@ def rules_from_pairs(pairs: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], .
                              f"mesh axes are {MESH_AXES}")
         rules.append((name, None if target is None else (target if isinstance(target, str) else tuple(target))))
     return tuple(rules)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES):
+    """Within a traced (jitted) function: makes the model's logical activation constraints
+    (``nn.with_logical_constraint``) take effect on ``mesh`` under ``rules``. Without it they are no-ops."""
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(tuple(rules)):
+        yield

@@ -70,6 +70,9 @@ def test_state_restore_gives_identical_batches(run):
         b.restore(dict(state, fingerprint="0" * 16))
     with pytest.raises(ValueError, match="not a BatchIterator state"):
         b.restore({"batches": 3})
+    # A state written by other pipeline code is refused before tf.data sees it (it could crash TensorFlow).
+    with pytest.raises(ValueError, match="different version of the input pipeline"):
+        b.restore(dict(state, pipeline="0" * 16))
 
 
 def test_unpacked_validation_has_segment_ids_and_pads_last_batch():
@@ -115,3 +118,15 @@ def test_bad_arguments():
         pipeline.make_batch_iterator("alexatm_demo", {"inputs": 64}, 2)
     with pytest.raises(ValueError, match="shard_index"):
         pipeline.make_batch_iterator("alexatm_demo", LENGTHS, 2, shard_index=2, num_shards=2)
+
+
+def test_mixture_vocabulary_must_match_the_run_tokenizer(tmp_path):
+    import sentencepiece as spm
+    from alexatm_jax.data import bundled
+
+    pipeline.check_vocabulary("alexatm_demo", bundled.bundled_spm_path())  # the same model: fine
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(f"another tokenizer, line {i}" for i in range(100)))
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "other"), vocab_size=30)
+    with pytest.raises(ValueError, match="tokenizes with .* but the run's tokenizer is"):
+        pipeline.check_vocabulary("alexatm_demo", str(tmp_path / "other.model"))

@@ -20,8 +20,17 @@ from alexatm_jax.cli import UserError
 KNOWN_MACROS = ("MODEL_DIR", "TRAIN_STEPS", "BATCH_SIZE", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "MESH",
                 "LOG_EVERY_STEPS", "MODEL_PRESET")
 _MACRO_DEF = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=", re.MULTILINE)
-REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                            "gin_configs")
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _gin_dir() -> str:
+    """Installed packages carry the gin files inside (alexatm_jax/gin_configs, see setup.py); a source
+    checkout has them at the top of the repository."""
+    installed = os.path.join(_PACKAGE_DIR, "gin_configs")
+    return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(_PACKAGE_DIR), "gin_configs")
+
+
+REPO_GIN_DIR = _gin_dir()
 
 
 class _GinFlagsParser(argparse.ArgumentParser):

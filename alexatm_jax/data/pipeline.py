@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import glob as globlib
+import functools
 import hashlib
 import io
 import json
@@ -104,6 +105,41 @@ def _pad_rows(x, batch_size):
     return tf.pad(x, [[0, pad]] + [[0, 0]] * (len(x.shape) - 1))
 
 
+def check_vocabulary(mixture_or_task_name: str, tokenizer_path: str) -> None:
+    """Raises if ``mixture_or_task_name`` tokenizes with a SentencePiece model other than ``tokenizer_path``
+    (a model trained on one vocabulary and fed another learns nonsense without any error)."""
+    import seqio
+
+    from alexatm_jax.data import tasks  # noqa: F401  (registers the bundled tasks and mixtures)
+
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    vocabulary = provider.output_features["targets"].vocabulary
+    model_file = getattr(vocabulary, "sentencepiece_model_file", None)
+    if model_file is None:
+        return
+    with open(model_file, "rb") as used, open(tokenizer_path, "rb") as wanted:
+        if used.read() == wanted.read():
+            return
+    raise ValueError(
+        f"{mixture_or_task_name} tokenizes with {model_file} but the run's tokenizer is {tokenizer_path}. "
+        f"Register the mixture with that vocabulary (e.g. alexatm_jax.data.tasks.register_bundled("
+        f"vocabulary=alexatm_jax.data.vocab.get_vocabulary(PATH))) or leave tokenizer_path unset.")
+
+
+@functools.lru_cache(maxsize=None)
+def pipeline_fingerprint() -> str:
+    """Identifies the tf.data graph this code builds: the data modules' source and the library versions."""
+    import seqio
+    import tensorflow as tf
+
+    digest = hashlib.sha256(f"tf={tf.__version__};seqio={getattr(seqio, '__version__', '?')}".encode())
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("pipeline.py", "preprocessors.py", "tasks.py", "vocab.py"):
+        with open(os.path.join(here, name), "rb") as source:
+            digest.update(source.read())
+    return digest.hexdigest()[:16]
+
+
 class BatchIterator:
     """Iterator of ``dict[str, np.ndarray]`` batches with ``state()`` / ``restore(state)``.
 
@@ -144,7 +180,7 @@ class BatchIterator:
                 for path in sorted(globlib.glob(os.path.join(tmp, "it*"))):
                     tar.add(path, arcname=os.path.basename(path))
         return {"version": STATE_VERSION, "config": self._config, "fingerprint": self._fingerprint(),
-                "batches": self._batches, "tf_iterator": base64.b64encode(buf.getvalue()).decode("ascii")}
+                "pipeline": pipeline_fingerprint(), "batches": self._batches, "tf_iterator": base64.b64encode(buf.getvalue()).decode("ascii")}
 
     def restore(self, state: Mapping) -> "BatchIterator":
         """Continue from ``state`` (from ``state()`` of an iterator built with the same arguments)."""
@@ -155,6 +191,12 @@ class BatchIterator:
         if state.get("fingerprint") != self._fingerprint():
             raise ValueError(f"the state was saved by an iterator with different arguments {state.get('config')}; "
                              f"this one has {self._config}: build the iterator with the saved arguments")
+        if state.get("pipeline") != pipeline_fingerprint():
+            # tf.data restores an iterator checkpoint only into the very graph that wrote it; another graph
+            # can crash the process inside TensorFlow, so refuse before touching it.
+            raise ValueError("the data state was saved by a different version of the input pipeline (alexatm_jax "
+                             "data code, TensorFlow or seqio changed), which tf.data cannot restore. Resume with "
+                             "the code that saved it, or start the data stream afresh (a new MODEL_DIR).")
         with tempfile.TemporaryDirectory(prefix="alexatm-data-state-") as tmp:
             with tarfile.open(fileobj=io.BytesIO(base64.b64decode(state["tf_iterator"])), mode="r:gz") as tar:
                 tar.extractall(tmp, filter="data")

@@ -339,19 +339,20 @@ def bundled_sizes(split: str = "train") -> Dict[str, int]:
     return {lang: counts["tokens"] for lang, counts in bundled.manifest()["pretrain"][split].items()}
 
 
-def register_bundled() -> None:
-    """Register the demo tasks and mixtures on the bundled corpus (idempotent)."""
+def register_bundled(vocabulary=None) -> None:
+    """Register the demo tasks and mixtures on the bundled corpus (idempotent). ``vocabulary`` (default: the
+    bundled SentencePiece model) re-registers them with another tokenizer, e.g. one you trained."""
     sources = {lang: bundled_source(lang) for lang in LANGS}
     sizes = bundled_sizes()
-    register_mixture(PREFIX, sources, ("denoise", "clm"), sizes, task_prefix=PREFIX)
-    register_mixture(f"{PREFIX}_denoise", sources, ("denoise",), sizes, task_prefix=PREFIX,
-                     objective_rates={"denoise": 1.0})
-    register_mixture(f"{PREFIX}_clm", sources, ("clm",), sizes, task_prefix=PREFIX, objective_rates={"clm": 1.0})
-    register_mixture(f"{PREFIX}_t5", sources, ("span_corruption",), sizes, task_prefix=PREFIX,
-                     objective_rates={"span_corruption": 1.0})
+    register = functools.partial(register_mixture, sources=sources, sizes=sizes, task_prefix=PREFIX,
+                                 vocabulary=vocabulary)
+    register(PREFIX, objectives=("denoise", "clm"))
+    register(f"{PREFIX}_denoise", objectives=("denoise",), objective_rates={"denoise": 1.0})
+    register(f"{PREFIX}_clm", objectives=("clm",), objective_rates={"clm": 1.0})
+    register(f"{PREFIX}_t5", objectives=("span_corruption",), objective_rates={"span_corruption": 1.0})
     # UL2's mixture of denoisers: R and X corruption plus S (prefix LM), each with its mode token.
-    register_mixture(f"{PREFIX}_ul2", sources, ("ul2_r", "ul2_x", "ul2_s"), sizes, task_prefix=PREFIX,
-                     objective_rates={"ul2_r": 0.4, "ul2_x": 0.4, "ul2_s": 0.2})
+    register(f"{PREFIX}_ul2", objectives=("ul2_r", "ul2_x", "ul2_s"),
+             objective_rates={"ul2_r": 0.4, "ul2_x": 0.4, "ul2_s": 0.2})
 
 
 register_bundled()

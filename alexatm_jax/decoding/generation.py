@@ -174,7 +174,13 @@ def _compiled(model, settings: tuple, mesh, rules):
         fn = jax.jit(run)
     else:
         from jax.sharding import NamedSharding, PartitionSpec
-        from alexatm_jax.partitioning import data_sharding
+        from alexatm_jax.partitioning import activation_sharding, data_sharding
+
+        unconstrained = run
+
+        def run(*args):
+            with activation_sharding(mesh, rules):  # the model's logical activation constraints apply
+                return unconstrained(*args)
 
         batch = data_sharding(mesh, rules)
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -242,10 +248,6 @@ def generate(model, params, encoder_input_tokens, encoder_segment_ids=None, *, m
             segments = np.concatenate([segments, np.zeros((padded, segments.shape[1]), np.int32)])
         params = jax.device_put(params, _param_shardings(model, params, mesh, rules))
         fn = _compiled(model, tuple(sorted(settings.items())), mesh, rules)
-        # No logical_axis_rules context here: under one, flax 0.12's DenseGeneral re-runs its boxed kernel
-        # initializer on every apply (a shape check) and applies the 3-axis constraint to the flattened
-        # 2-D kernel, which fails. The parameter and batch shardings given to jit are enough for XLA's
-        # sharding propagation to lay out the activations and the cache.
         out, scores = fn(params, tokens, segments, rng)
     out = np.asarray(jax.device_get(out))[:batch]
     if return_scores:

@@ -5,10 +5,9 @@ A batch is a dict of [B, L] int arrays with the seqio feature names (``encoder_i
 ``decoder_loss_weights``, ``decoder_segment_ids``, ``decoder_positions``), B the global batch, sharded over
 the data-parallel mesh axes.
 
-Parameters, optimizer state and inputs are placed by explicit shardings; activations follow by XLA's
-sharding propagation. The step is traced with no global mesh in context, so the model's logical activation
-constraints are inert: under a mesh, Flax's DenseGeneral constrains its multi-axis kernels while they are
-still flat (in its parameter shape check) and fails. See the report on the model's ``dense`` helper.
+Parameters, optimizer state and inputs are placed by explicit shardings; inside the step the model's
+logical activation constraints are active (``partitioning.activation_sharding``), so activations are laid
+out by the same rules as the parameters rather than left to XLA's propagation alone.
 
 The loss is normalised by the total target weight of the whole global batch, once, after summing over
 microbatches, so any microbatch count or device count computes the same number.
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from alexatm_jax import partitioning
 from alexatm_jax.training import losses
 from alexatm_jax.training.train_state import StateLayout, TrainState
 
@@ -96,7 +96,8 @@ def make_train_step(layout: StateLayout, schedule: optax.Schedule, options: Step
     def step(state: TrainState, batch: dict, rng: jax.Array):
         # The dropout key depends only on (seed, step): a resumed run draws the same masks.
         dropout_rng = jax.random.fold_in(rng, state.step)
-        grads, sums = grads_and_sums(state.params, batch, dropout_rng)
+        with partitioning.activation_sharding(layout.mesh, layout.rules):
+            grads, sums = grads_and_sums(state.params, batch, dropout_rng)
         norm = jnp.maximum(sums.weight, 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / norm, grads)
         grad_norm = optax.tree.norm(grads)
@@ -127,7 +128,8 @@ def make_eval_step(layout: StateLayout, options: StepOptions, batch_sharding: Na
     model = layout.model
 
     def step(params, batch):
-        return batch_loss_sums(model, params, batch, None, options)
+        with partitioning.activation_sharding(layout.mesh, layout.rules):
+            return batch_loss_sums(model, params, batch, None, options)
 
     return jax.jit(step, in_shardings=(layout.shardings.params, {k: batch_sharding for k in BATCH_FEATURES}),
                    out_shardings=layout.replicated)

@@ -212,6 +212,9 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, batch_
              checkpoint_every_steps=checkpoint_every_steps, eval_every_steps=eval_every_steps,
              nonfinite=nonfinite, optimizer_name=optimizer)
     inputs_length, targets_length = int(task_feature_lengths["inputs"]), int(task_feature_lengths["targets"])
+    if batch_iterator_fn is None:
+        from alexatm_jax.data import pipeline as data_pipeline
+        data_pipeline.check_vocabulary(mixture_or_task_name, tokenizer_path)
     batch_iterator_fn = batch_iterator_fn or _default_batch_iterator_fn()
 
     # ---- Run directory. ----
