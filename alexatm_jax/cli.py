@@ -14,14 +14,15 @@ import sys
 
 # Order is the order shown in --help: the data's path from text to metrics.
 COMMAND_MODULES = (
-    "describe",
-    "convert_pytorch",
     "train_tokenizer",
     "show_data",
+    "describe",
     "train",
     "plan",
+    "convert_pytorch",
     "generate",
     "eval",
+    "demo",
 )
 
 

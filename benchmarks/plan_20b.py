@@ -68,11 +68,7 @@ def write(results: list[dict], date: str = None):
         "for the accelerator compiler's (expect differences of tens of percent). Model FLOPs per step follow "
         "`alexatm_jax/training/flops.py`.",
         "",
-        "Caveat (open issue): with fsdp=64 the temporaries (about 40 GiB at 1 sequence per device) are close to "
-        "the bf16 size of the whole model's gradients (36.7 GiB), while fsdp=8 needs 18 GiB: the gradient "
-        "accumulation of the scanned layers appears to be laid out unsharded. The train step currently runs "
-        "with the model's logical activation constraints inert (see `alexatm_jax/training/step.py`), leaving "
-        "layouts inside the layer scan to XLA's propagation; these rows should improve once they are enabled.",
+        "The model's logical activation constraints are active in the train step (`alexatm_jax/partitioning.py: activation_sharding`). An earlier run of this script, with them inert, gave 40.7 GiB of temporaries per device on fsdp=64 (the scanned layers' gradient accumulation was laid out unsharded) and 78.0 GiB at 1024+1024 tokens; with them on, 12.9 and 13.4 GiB. On fsdp=8 the same change raised the temporaries from 18.3 to 26.5 GiB: the default rules keep each device's activations full-width in `embed`; a rule set tuned for small fsdp groups may do better.",
         "",
         "| target | mesh | batch x (in+tgt) | params GiB/dev | opt state GiB/dev | temps GiB/dev | total GiB/dev | "
         "fits | model TFLOP/step | command |",
