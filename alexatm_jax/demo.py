@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from alexatm_jax import atomic_files
+
 MODEL_GIN_FILES = ("models/tiny.gin", "runs/pretrain.gin", "runs/demo.gin")
 TOKENIZER_VOCAB_SIZE = 8092  # + 100 seqio sentinel ids = 8192, the tiny preset's vocabulary
 
@@ -128,10 +130,9 @@ def plot_loss(model_dir: Path, destination: Path) -> dict:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    temporary = destination.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=120)
+    with atomic_files.atomic_path(destination) as temporary:
+        figure.savefig(temporary, dpi=120)
     plt.close(figure)
-    os.replace(temporary, destination)
     return {"first_step": train[0][0], "first_loss": train[0][1], "last_step": train[-1][0],
             "last_loss": train[-1][1], "last_eval_loss": evals[-1][1] if evals else None,
             "tokens_per_second": records[-1].get("tokens_per_second")}
@@ -151,9 +152,7 @@ def report(output: Path, tokenizer: Path, model_dir: Path, evaluations: list[dic
                                    "scores": run["scores"], "signatures": run["signatures"]}
                                   for run in r["runs"]]} for r in evaluations],
     }
-    temporary = output / ".demo_results.json.tmp"
-    temporary.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, output / "demo_results.json")
+    atomic_files.write_text(output / "demo_results.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     log(f"\nTraining: loss {curve['first_loss']:.3f} at step {curve['first_step']} -> {curve['last_loss']:.3f} "
         f"at step {curve['last_step']}" + (f" (validation {curve['last_eval_loss']:.3f})"
                                            if curve["last_eval_loss"] is not None else ""))

@@ -3,7 +3,6 @@
 reference's greedy ``generate`` on a given batch. Never imported by our code."""
 
 import json
-import os
 import sys
 import time
 

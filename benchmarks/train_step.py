@@ -44,7 +44,6 @@ def _time(fn, steps):
 def bench(preset: str, batch: int, length: int, steps: int) -> dict:
     import flax.linen as nn
     import jax
-    import jax.numpy as jnp
     import optax
 
     from alexatm_jax import partitioning

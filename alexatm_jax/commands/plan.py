@@ -4,7 +4,6 @@ optimizer state, temporaries), FLOPs per step and whether it fits; the last line
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os

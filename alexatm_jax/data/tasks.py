@@ -36,7 +36,7 @@ import glob as globlib
 import gzip
 import json
 import os
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import gin
 import seqio

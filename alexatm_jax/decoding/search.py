@@ -171,7 +171,6 @@ def beam_search(initial_logits: Array, state: Any, step_fn: StepFn,
     rows, vocab = initial_logits.shape
     batch = rows // k
     width = _stop_width(stops)
-    seq_len = width + max_new_tokens
 
     seqs = jnp.concatenate([jnp.full((batch, k, width), -2, jnp.int32),
                             jnp.full((batch, k, max_new_tokens), pad_id, jnp.int32)], axis=2)

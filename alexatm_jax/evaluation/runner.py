@@ -14,11 +14,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 
+from alexatm_jax import atomic_files
 from alexatm_jax.evaluation import cards, loaders, prompts
 from alexatm_jax.evaluation import metrics as metric_lib
 from alexatm_jax.evaluation.cards import CardError, TaskCard
@@ -340,14 +340,5 @@ def write_results(results: dict, output_dir: str) -> str:
     """Writes ``output_dir/results.json`` atomically; returns its path."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "results.json")
-    handle, temporary = tempfile.mkstemp(prefix=".results.", suffix=".json", dir=output_dir)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(results, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    atomic_files.write_text(path, json.dumps(results, ensure_ascii=False, indent=1) + "\n")
     return path

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 

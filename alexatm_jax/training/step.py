@@ -16,7 +16,7 @@ microbatches, so any microbatch count or device count computes the same number.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp

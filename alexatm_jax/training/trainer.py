@@ -12,16 +12,14 @@ Multi-host: every process runs this same function; each feeds its own shard of t
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
 
+from alexatm_jax import atomic_files
 from alexatm_jax.model.config import ModelConfig, get_preset
 
 # Batch iterator contract (alexatm_jax.data.pipeline.make_batch_iterator): called as
@@ -34,19 +32,6 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss diverged); the message says at which step and what to do."""
-
-
-def _atomic_write(path: str, data: bytes):
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def build_model_config(model_preset: str, model_overrides: Optional[Mapping[str, Any]], vocab_size: int) -> ModelConfig:
@@ -229,9 +214,9 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, batch_
             raise ValueError(f"{model_dir} holds a run of a different model (fields {changed} differ); "
                              "use a new MODEL_DIR or the same model settings to resume")
     elif is_chief:
-        _atomic_write(config_path, config.to_json().encode())
+        atomic_files.write_bytes(config_path, config.to_json().encode())
     if is_chief:
-        _atomic_write(os.path.join(model_dir, "tokenizer.model"), open(tokenizer_path, "rb").read())
+        atomic_files.write_bytes(os.path.join(model_dir, "tokenizer.model"), open(tokenizer_path, "rb").read())
 
     # ---- Mesh, optimiser, state layout, steps. ----
     device_mesh = partitioning.make_mesh(mesh)
