@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import textwrap
 
 import nbformat
 from nbformat import v4
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # run from a source checkout: `python scripts/make_notebooks.py`
+
+from alexatm_jax import atomic_files  # noqa: E402
 NOTEBOOK_DIR = os.path.join(REPO, "notebooks")
 PARAMETERS_TAG = "parameters"
 
@@ -31,7 +33,6 @@ INSTALL = '''\
 # Set ALEXATM_JAX_SOURCE to where your copy of the project lives, in any form pip accepts, e.g.
 #   "git+https://github.com/<your-account>/alexatm_jax"          (your fork or mirror)
 #   "alexatm_jax[cuda] @ git+https://github.com/<your-account>/alexatm_jax"   (GPU runtime: CUDA build of JAX)
-#   "/content/alexatm_jax-0.1.0-py3-none-any.whl"                  (a wheel you uploaded)
 # If pip replaces packages Colab had already imported (jax, numpy), restart the runtime once afterwards.
 ALEXATM_JAX_SOURCE = ""
 
@@ -216,7 +217,8 @@ FEW_SHOT = [
     Classification in AlexaTM's evaluation scores each candidate continuation with teacher forcing and picks
     the most likely. Here the candidates are the true translation and the translations of other sentences:
     a model that understood the prompt ranks the true one first. `lm.score` returns the summed log-likelihood
-    of each target given its input.
+    of each target given its input; the sum favours short candidates, so the per-token (length-normalised)
+    value is shown too.
     """),
     ("code", """
     candidates = [query["target"]] + [values["target"] for _, values in evaluation[1:NUM_CANDIDATES]]
@@ -610,20 +612,6 @@ def build_notebooks() -> dict[str, nbformat.NotebookNode]:
     return notebooks
 
 
-def _write_atomic(path: str, nb: nbformat.NotebookNode):
-    directory = os.path.dirname(path)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".ipynb", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a committed notebook is world-readable
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
@@ -638,7 +626,7 @@ def main(argv=None) -> int:
             if current is None or current.rstrip("\n") != nbformat.writes(nb).rstrip("\n"):
                 stale.append(name)
         else:
-            _write_atomic(path, nb)
+            atomic_files.write_text(path, nbformat.writes(nb) + "\n")
             print(f"wrote {path}")
     if stale:
         print(f"out of date: {', '.join(stale)}; run python scripts/make_notebooks.py", file=sys.stderr)
