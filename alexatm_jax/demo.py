@@ -81,7 +81,8 @@ def pretrain(output: Path, tokenizer: Path, train_steps: Optional[int], log: Cal
     return model_dir
 
 
-def evaluate(output: Path, model_dir: Path, log: Callable[[str], None]) -> list[dict]:
+def evaluate(output: Path, model_dir: Path, log: Callable[[str], None],
+             eval_limit: Optional[int] = None) -> list[dict]:
     """0- and 1-shot runs of the held-out tasks; each task's results.json is reused if it is for this model."""
     import alexatm_jax
     from alexatm_jax.checkpoints.model_dir import latest_run_step
@@ -91,11 +92,12 @@ def evaluate(output: Path, model_dir: Path, log: Callable[[str], None]) -> list[
     lm = None
     collected = []
     for name, params, limit in EVALUATIONS:
+        limit = limit if eval_limit is None else min(limit, eval_limit)
         directory = output / "eval" / name
         results_file = directory / "results.json"
         if results_file.exists():
             results = json.loads(results_file.read_text(encoding="utf-8"))
-            if results.get("checkpoint_step") == step:
+            if results.get("checkpoint_step") == step and results.get("limit") == limit:
                 log(f"  reusing {results_file}")
                 collected.append(results)
                 continue
@@ -163,7 +165,10 @@ def report(output: Path, tokenizer: Path, model_dir: Path, evaluations: list[dic
 
 
 def run(output_dir: str = "demo_output", fresh: bool = False, train_steps: Optional[int] = None,
+        eval_limit: Optional[int] = None,
         log: Callable[[str], None] = lambda text: print(text, flush=True)) -> dict:
+    """Runs (or resumes) the demo in ``output_dir``; returns the summary written to demo_results.json.
+    ``train_steps`` overrides TRAIN_STEPS of runs/demo.gin; ``eval_limit`` caps the examples per task."""
     output = Path(output_dir).absolute()
     if fresh and output.exists():
         shutil.rmtree(output)
@@ -174,7 +179,7 @@ def run(output_dir: str = "demo_output", fresh: bool = False, train_steps: Optio
     _stage(2, 4, "Pretraining a tiny AlexaTM model (80% denoising, 20% CLM)", log)
     model_dir = pretrain(output, tokenizer, train_steps, log)
     _stage(3, 4, "Few-shot evaluation on held-out translation and summarization", log)
-    evaluations = evaluate(output, model_dir, log)
+    evaluations = evaluate(output, model_dir, log, eval_limit)
     _stage(4, 4, "Report", log)
     summary = report(output, tokenizer, model_dir, evaluations, log)
     log(f"Demo finished in {time.time() - started:.0f} s.")

@@ -14,11 +14,13 @@ def register(subparsers):
     parser.add_argument("--fresh", action="store_true", help="delete the output directory and start over")
     parser.add_argument("--train-steps", type=int, default=None,
                         help="override TRAIN_STEPS of gin_configs/runs/demo.gin")
+    parser.add_argument("--eval-limit", type=int, default=None,
+                        help="evaluate at most this many held-out examples per task (default: 24 and 40)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from alexatm_jax import demo
 
-    demo.run(args.output, fresh=args.fresh, train_steps=args.train_steps)
+    demo.run(args.output, fresh=args.fresh, train_steps=args.train_steps, eval_limit=args.eval_limit)
     return 0
