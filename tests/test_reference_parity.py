@@ -144,3 +144,29 @@ def test_not_a_checkpoint(tmp_path, capsys):
     assert "config.json is missing" in _convert_error(tmp_path / "empty", tmp_path, capsys)
     (tmp_path / "empty" / "config.json").write_text("{}")
     assert "holds no checkpoint weights" in _convert_error(tmp_path / "empty", tmp_path, capsys)
+
+
+def test_safetensors_checkpoints_convert_to_the_same_parameters(reference_models, converted, tmp_path):
+    """The same reference weights as sharded safetensors + index convert to exactly the same parameters."""
+    import torch
+    from safetensors.numpy import save_file
+
+    source = _copy(reference_models, tmp_path)
+    index = json.loads((source / "pytorch_model.bin.index.json").read_text())
+    weight_map = {}
+    for number, shard in enumerate(sorted(set(index["weight_map"].values()))):
+        state = torch.load(source / shard, weights_only=True)
+        name = f"model-{number + 1:05d}.safetensors"
+        save_file({k: v.contiguous().numpy() for k, v in state.items()}, str(source / name))
+        weight_map.update({k: name for k in state})
+        (source / shard).unlink()
+    (source / "pytorch_model.bin.index.json").unlink()
+    (source / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    destination = tmp_path / "from_safetensors"
+    assert cli.main(["convert-pytorch", str(source), str(destination)]) == 0
+    import jax
+    ours = jax.tree_util.tree_leaves_with_path(alexatm_jax.load(destination).params)
+    expected = dict(jax.tree_util.tree_leaves_with_path(alexatm_jax.load(converted[("untied", False)]).params))
+    assert len(ours) == len(expected)
+    for path, leaf in ours:
+        np.testing.assert_array_equal(leaf, expected[path])
