@@ -12,11 +12,9 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import sys
 
 import nbformat
 import numpy as np
-import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
