@@ -128,7 +128,7 @@ def plot_loss(model_dir: Path, destination: Path) -> dict:
         axis.plot(*zip(*evals), "o-", label="validation loss")
     axis.set_xlabel("step")
     axis.set_ylabel("cross-entropy (nats/token)")
-    axis.set_title("Tiny AlexaTM on the bundled 12-language corpus (80% denoising, 20% CLM)")
+    axis.set_title("Tiny AlexaTM on the bundled 12-language corpus\n(80% denoising, 20% CLM)", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
@@ -137,7 +137,7 @@ def plot_loss(model_dir: Path, destination: Path) -> dict:
     plt.close(figure)
     return {"first_step": train[0][0], "first_loss": train[0][1], "last_step": train[-1][0],
             "last_loss": train[-1][1], "last_eval_loss": evals[-1][1] if evals else None,
-            "tokens_per_second": records[-1].get("tokens_per_second")}
+            "tokens_per_second": [r for r in records if "loss" in r][-1].get("tokens_per_second")}
 
 
 def report(output: Path, tokenizer: Path, model_dir: Path, evaluations: list[dict], log) -> dict:
