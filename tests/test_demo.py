@@ -23,6 +23,7 @@ def test_demo_runs_end_to_end_and_reuses_its_results(tmp_path):
     written = json.loads((output / "demo_results.json").read_text())
     assert written == json.loads(json.dumps(summary))
     assert written["training"]["last_step"] == 6
+    assert written["training"]["tokens_per_second"] > 0
     assert (output / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tasks = {e["task"]: e for e in written["evaluations"]}
     assert set(tasks) == {"udhr_translation", "debian_summarization"}
