@@ -30,6 +30,13 @@ from typing import Mapping, Optional
 import seqio
 import tensorflow as tf
 
+# TensorFlow only runs the input pipeline, on the host. Left alone it would also claim the GPUs' memory that
+# JAX needs for the model (as T5X and MaxText warn). This must run before TF initialises its devices.
+try:
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TF's devices were already initialised by an earlier user of TensorFlow: too late.
+    pass
+
 OBJECTIVES = ("denoise", "clm", "span_corruption", "ul2_r", "ul2_x", "ul2_s")
 OBJECTIVE_IDS = {name: i for i, name in enumerate(OBJECTIVES)}
 
