@@ -144,7 +144,7 @@ def _build(model, *, max_new_tokens, decoder_start_token_id, eos_token_id, pad_t
 
 
 def _param_shardings(model, params, mesh, rules):
-    from alexatm_jax.partitioning import logical_to_mesh_sharding
+    from alexatm_jax.partitioning import logical_to_mesh_sharding, params_logical_specs
 
     key = ("shardings", type(model), model.config, mesh, rules)
     with _COMPILED_LOCK:
@@ -152,8 +152,7 @@ def _param_shardings(model, params, mesh, rules):
     if shardings is None:
         # Tracing init is not free for a deep model: done once per (config, mesh, rules).
         dummy = jnp.zeros((1, 1), jnp.int32)
-        abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy, dummy, enable_dropout=False))
-        specs = nn.get_partition_spec(abstract)["params"]
+        specs = params_logical_specs(model, dummy, dummy, enable_dropout=False)
         shardings = logical_to_mesh_sharding(specs, mesh, rules)
         with _COMPILED_LOCK:
             _COMPILED[key] = shardings
