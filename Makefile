@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: all venv refenv test demo data clean
+.PHONY: all venv refenv test demo data notebooks clean
 
 all: test
 
@@ -26,7 +26,7 @@ venv: $(VENV)/.installed
 $(REF_VENV)/.installed:
 	$(PYTHON) -m venv $(REF_VENV)
 	$(REF_VENV)/bin/pip install -q --upgrade pip
-	$(REF_VENV)/bin/pip install -q "$(TORCH_SPEC)" transformers==4.26.1 sentencepiece
+	$(REF_VENV)/bin/pip install -q "$(TORCH_SPEC)" transformers==4.26.1 sentencepiece "safetensors>=0.4,<1"
 	$(REF_VENV)/bin/pip install -q --no-deps alexa-teacher-models==1.0.1
 	touch $@
 
@@ -41,6 +41,11 @@ demo: venv
 # Rebuild the bundled demo/test data from ../shared/data (maintainers only; the result is committed).
 data: venv
 	$(PY) scripts/build_bundled_data.py --shared ../shared/data --out alexatm_jax/data/bundled
+
+# notebooks/NN_*.py (jupytext percent format) are the sources; this rewrites their paired .ipynb, the copies
+# Colab opens (--update keeps the cell ids, so unchanged cells do not show in diffs).
+notebooks: venv
+	$(VENV)/bin/jupytext --update --to ipynb notebooks/[0-9]*.py
 
 clean:
 	rm -rf $(VENV) $(REF_VENV) .pytest_cache

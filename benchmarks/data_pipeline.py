@@ -5,7 +5,7 @@
 
 Measures, in one process on this machine:
 - the ``alexatm_demo`` mixture through ``make_batch_iterator`` (tokenize, pack with [DOC], denoise/CLM,
-  mixture sampling, seqio packing, batching): batches/s after a warm-up, as token positions/s
+  mixture sampling, greedy packing, batching): batches/s after a warm-up, as token positions/s
   (batch x (inputs + targets)) and real (non-padding) tokens/s;
 - a jitted forward + backward + AdamW update of ``AlexaTMTransformer`` (tiny and small presets, float32,
   dropout on) on those same batches: steps/s as token positions/s.

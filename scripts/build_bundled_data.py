@@ -11,6 +11,10 @@ What it writes (all deterministic: the same input gives the same bytes):
 - ``pretrain/{train,validation}/<lang>.jsonl.gz``: monolingual documents ``{"id","lang","source","text"}``,
   one UDHR paragraph or one Debian package text (summary + description) each. No document holds two
   languages, so the corpus holds no translation pairs inside a document (AlexaTM saw no parallel data).
+- ``nlu/debian_section.jsonl.gz``: Debian descriptions labelled with their archive section (and debtags), one
+  line per description and language ``{"id","md5","lang","split","summary","description","section","tags"}``:
+  an English ``train`` split and ``dev``/``test`` splits that are parallel across the 8 Debian languages (the
+  same md5s in each). Labels are the sections holding at least 1% of the labelled descriptions.
 - ``spm/alexatm_demo.model`` (+ ``.vocab``): a SentencePiece unigram model trained on the pretraining text.
 - ``manifest.json``: document/character/token counts per language and split (the mixture's language rates
   are computed from the token counts) and a SHA-256 of every file.
@@ -18,6 +22,9 @@ What it writes (all deterministic: the same input gives the same bytes):
 Decontamination, as AlexaTM did: a held-out UDHR segment id or Debian md5 is removed from pretraining in every
 language (so no translation of a held-out text is trained on), then any pretraining paragraph that shares a
 13-gram (characters for Japanese) with any held-out text, or repeats a short held-out text whole, is dropped.
+The Debian section dev/test md5s are held out the same way (training md5s may stay in pretraining); they are
+chosen among the descriptions translated into all 8 languages, cheapest first: the fewest pretraining
+documents that holding them out removes or changes.
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ UDHR_DEV, UDHR_TEST = 20, 24          # of ~56 paragraphs present in all 12 lang
 DEBIAN_DEV, DEBIAN_TEST = 30, 150     # per language
 # Per-language cap on Debian pretraining documents: keeps the bundle a few MB.
 DEBIAN_PRETRAIN_CAP = {"en": 3000, "it": 2000, "fr": 2000, "de": 2000, "ja": 2000, "es": 2000, "pt": 2000}
+# Debian section classification (nlu/debian_section.jsonl).
+NLU_LABEL_SHARE = 0.01                # a section is a label if it holds >= 1% of the usable labelled descriptions
+NLU_TRAIN = 4000                      # English training descriptions
+NLU_DEV, NLU_TEST = 50, 200           # descriptions per language (the same md5s in every language)
 VALIDATION_FRACTION = 0.03
 SPM_VOCAB_SIZE = 8092  # + 100 seqio extra_ids (T5 sentinels) = 8192 = the tiny preset's vocab_size
 
@@ -215,6 +226,141 @@ def decontaminate(docs, keys):
     return kept, dropped_paragraphs
 
 
+# ------------------------------------------------------------------- Debian section classification
+def load_debian_labels(path):
+    """``{md5: {"section", "tags"}}`` from debian_labels.jsonl.gz."""
+    return {rec["md5"]: {"section": rec["section"], "tags": sorted(rec["tags"])} for rec in _read_jsonl_gz(path)}
+
+
+def _classifiable(entry):
+    """Not a transitional/dummy package: their text ("can safely be removed") says nothing of the section."""
+    en = entry["langs"]["en"]
+    text = (en["summary"] + " " + en["description"]).lower()
+    return "transitional" not in text and "dummy package" not in text
+
+
+def nlu_candidates(entries, labels, excluded_md5):
+    """Entries usable for the section task (labelled, classifiable, not already held out) and the label set:
+    the sections that hold at least ``NLU_LABEL_SHARE`` of them (smaller ones are too rare to learn from a few
+    thousand examples)."""
+    usable = [e for e in entries if e["md5"] in labels and e["md5"] not in excluded_md5 and _classifiable(e)]
+    counts = collections.Counter(labels[e["md5"]]["section"] for e in usable)
+    label_set = sorted(s for s, n in counts.items() if n >= NLU_LABEL_SHARE * len(usable))
+    return [e for e in usable if labels[e["md5"]]["section"] in label_set], label_set
+
+
+def _entry_keys(entry):
+    keys = set()
+    for lang, v in entry["langs"].items():
+        keys |= decontamination.ngram_keys(v["summary"], lang)
+        keys |= decontamination.ngram_keys(v["description"], lang)
+    return keys
+
+
+def choose_nlu_eval(candidates, pretrain_docs):
+    """Dev/test md5s: ``NLU_DEV + NLU_TEST`` candidates, those with the most languages first (all 8 where the
+    translations allow, so the per-language sets are parallel), and among those greedily the ones whose holding
+    out touches the fewest documents of ``pretrain_docs`` (the pretraining text without this task): its own
+    translations, plus documents sharing an n-gram with any of its texts. Documents already touched by an
+    earlier choice cost nothing (greedy; ties in hash order, so the result is deterministic).
+    Returns ``[(split, entry)]``: the first ``NLU_DEV`` in hash order are dev, the rest test."""
+    index = collections.defaultdict(list)
+    by_md5 = collections.defaultdict(list)
+    for i, doc in enumerate(pretrain_docs):
+        if doc["source"] == "debian":
+            by_md5[doc["id"].split("/")[1]].append(i)
+        for key in decontamination.document_keys(doc["text"], doc["lang"]):
+            index[key].append(i)
+
+    def touched(entry):
+        hit = set(by_md5.get(entry["md5"], ()))
+        for key in _entry_keys(entry):
+            hit.update(index.get(key, ()))
+        return hit
+
+    wanted = NLU_DEV + NLU_TEST
+    chosen, covered = [], set()
+    tiers = collections.defaultdict(list)
+    for entry in candidates:
+        tiers[len(entry["langs"])].append(entry)
+    for n_langs in sorted(tiers, reverse=True):
+        if len(chosen) == wanted:
+            break
+        # Exact greedy (a few hundred candidates): each round takes the smallest marginal cost.
+        left = {e["md5"]: (e, touched(e), _order_key("debian_section", e["md5"])) for e in tiers[n_langs]}
+        while left and len(chosen) < wanted:
+            md5 = min(left, key=lambda m: (len(left[m][1] - covered), left[m][2]))
+            entry, docs, _ = left.pop(md5)
+            chosen.append(entry)
+            covered |= docs
+    chosen.sort(key=lambda e: _order_key("debian_section", e["md5"]))
+    print(f"debian_section: {len(chosen)} dev/test md5s ({sorted(collections.Counter(len(e['langs']) for e in chosen).items())} "
+          f"by language count) touch {len(covered)} of {len(pretrain_docs)} pretraining documents", flush=True)
+    return [("dev" if i < NLU_DEV else "test", e) for i, e in enumerate(chosen)]
+
+
+def choose_nlu_train(candidates, eval_chosen):
+    """``NLU_TRAIN`` English training entries in hash order, none of them a dev/test md5 nor sharing an English
+    13-gram (or a whole short text) with one, so near-copies of test descriptions are not trained on."""
+    eval_md5 = {e["md5"] for _, e in eval_chosen}
+    eval_keys = set()
+    for _, e in eval_chosen:
+        en = e["langs"]["en"]
+        eval_keys |= decontamination.ngram_keys(en["summary"], "en") | decontamination.ngram_keys(en["description"], "en")
+    train = []
+    for entry in sorted(candidates, key=lambda e: _order_key("debian_section", e["md5"])):
+        if entry["md5"] in eval_md5:
+            continue
+        en = entry["langs"]["en"]
+        if decontamination.document_keys(en["summary"] + "\n\n" + en["description"], "en") & eval_keys:
+            continue
+        train.append(entry)
+        if len(train) == NLU_TRAIN:
+            break
+    return train
+
+
+def nlu_records(train, eval_chosen, labels):
+    """The file's records: English train, then dev and test in every language of each md5 (language order of
+    DEBIAN_LANGS, hash order within)."""
+    def record(entry, lang, split):
+        text = entry["langs"][lang]
+        label = labels[entry["md5"]]
+        return {"id": f"{entry['md5']}/{lang}", "md5": entry["md5"], "lang": lang, "split": split,
+                "summary": text["summary"], "description": text["description"], "section": label["section"],
+                "tags": label["tags"]}
+
+    records = [record(e, "en", "train") for e in train]
+    for split in ("dev", "test"):
+        for lang in DEBIAN_LANGS:
+            records += [record(e, lang, split) for s, e in eval_chosen if s == split and lang in e["langs"]]
+    return records
+
+
+def nlu_summary(records, label_set):
+    """Manifest entry: label set, counts per split and language, label counts, majority-class baselines."""
+    counts = collections.defaultdict(dict)
+    labels_by = collections.defaultdict(collections.Counter)
+    for r in records:
+        counts[r["split"]][r["lang"]] = counts[r["split"]].get(r["lang"], 0) + 1
+        labels_by[(r["split"], r["lang"])][r["section"]] += 1
+    train_counts = labels_by[("train", "en")]
+    majority = sorted(train_counts, key=lambda s: (-train_counts[s], s))[0]
+    baseline = {split: {lang: round(labels_by[(split, lang)][majority] / n, 4) for lang, n in sorted(by_lang.items())}
+                for split, by_lang in counts.items()}
+    return {
+        "file": "nlu/debian_section.jsonl.gz",
+        "labels": label_set,
+        "label_rule": f"sections holding >= {NLU_LABEL_SHARE:.0%} of the usable labelled descriptions",
+        "counts": {split: dict(sorted(by_lang.items())) for split, by_lang in counts.items()},
+        "label_counts": {f"{split}/en": dict(sorted(labels_by[(split, "en")].items())) for split in ("train", "dev", "test")},
+        "majority_class": majority,
+        "majority_accuracy": baseline,
+        "parallel_dev_test": all(len({r["md5"] for r in records if r["split"] == split and r["lang"] == lang})
+                                 == counts[split]["en"] for split in ("dev", "test") for lang in counts[split]),
+    }
+
+
 def split_validation(docs):
     by_lang = collections.defaultdict(list)
     for doc in docs:
@@ -252,13 +398,13 @@ def _gzip(data: bytes) -> bytes:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared", required=True, help="folder holding udhr.jsonl.gz and "
-                                                        "debian_descriptions.jsonl.gz")
+    parser.add_argument("--shared", required=True, help="folder holding udhr.jsonl.gz, "
+                                                        "debian_descriptions.jsonl.gz and debian_labels.jsonl.gz")
     parser.add_argument("--out", required=True, help="output folder (alexatm_jax/data/bundled)")
     parser.add_argument("--skip-tokenizer", action="store_true", help="keep the existing spm model")
     args = parser.parse_args(argv)
     start = time.time()
-    for name in ("udhr.jsonl.gz", "debian_descriptions.jsonl.gz"):
+    for name in ("udhr.jsonl.gz", "debian_descriptions.jsonl.gz", "debian_labels.jsonl.gz"):
         if not os.path.exists(os.path.join(args.shared, name)):
             raise SystemExit(f"{name} not found in {args.shared}: pass --shared pointing at the shared data")
 
@@ -266,9 +412,19 @@ def main(argv=None):
     entries = load_debian(os.path.join(args.shared, "debian_descriptions.jsonl.gz"))
     chosen = choose_debian_heldout(entries)
     translation, summarization = debian_heldout_records(chosen)
-    debian_pretrain = debian_pretrain_pool(entries, {e["md5"] for _, e in chosen})
 
-    keys = heldout_keys(udhr_heldout, chosen)
+    # Debian section classification: dev/test md5s are chosen against the pretraining text they would change.
+    labels = load_debian_labels(os.path.join(args.shared, "debian_labels.jsonl.gz"))
+    held_md5 = {e["md5"] for _, e in chosen}
+    candidates, label_set = nlu_candidates(entries, labels, held_md5)
+    without_nlu, _ = decontaminate(udhr_pretrain + debian_pretrain_pool(entries, held_md5),
+                                   heldout_keys(udhr_heldout, chosen))
+    nlu_eval = choose_nlu_eval(candidates, without_nlu)
+    nlu = nlu_records(choose_nlu_train(candidates, nlu_eval), nlu_eval, labels)
+    all_held = chosen + nlu_eval
+    debian_pretrain = debian_pretrain_pool(entries, {e["md5"] for _, e in all_held})
+
+    keys = heldout_keys(udhr_heldout, all_held)
     pretrain, dropped = decontaminate(udhr_pretrain + debian_pretrain, keys)
     train, validation = split_validation(pretrain)
     print(f"held-out n-gram keys: {len(keys)}; dropped {dropped} contaminated pretraining paragraphs; "
@@ -279,6 +435,7 @@ def main(argv=None):
         "heldout/udhr_parallel.jsonl": _jsonl(udhr_heldout),
         "heldout/debian_translation.jsonl": _jsonl(translation),
         "heldout/debian_summarization.jsonl": _jsonl(summarization),
+        "nlu/debian_section.jsonl.gz": _gzip(_jsonl(nlu)),  # 4 MB as text: gzip keeps the bundle small
     }
     for split, docs in (("train", train), ("validation", validation)):
         for lang in LANGS:
@@ -294,6 +451,7 @@ def main(argv=None):
         tokenizer_training.train_sentencepiece(by_lang, spm_prefix, vocab_size=SPM_VOCAB_SIZE)
 
     manifest = _manifest(out, train, validation, udhr_heldout, translation, summarization, spm_prefix)
+    manifest["nlu"] = {"debian_section": nlu_summary(nlu, label_set)}
     _write_bytes(os.path.join(out, "manifest.json"),
                  (json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
     print(f"wrote {out} in {time.time() - start:.1f}s", flush=True)

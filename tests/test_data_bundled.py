@@ -23,6 +23,12 @@ def heldout():
     return {name: list(bundled.heldout_records(name)) for name in bundled.HELDOUT_NAMES}
 
 
+@pytest.fixture(scope="module")
+def sections():
+    """The Debian section classification split, read straight from its file."""
+    return list(bundled.read_jsonl(bundled.nlu_path("debian_section")))
+
+
 def test_manifest_matches_committed_files():
     manifest = bundled.manifest()
     for rel, digest in manifest["sha256"].items():
@@ -88,9 +94,10 @@ def test_no_heldout_segment_or_translation_in_pretraining_by_id(pretrain, heldou
                 assert parts[1] not in md5s, doc["id"]
 
 
-def test_no_13gram_overlap_between_heldout_and_pretraining(pretrain, heldout):
+def test_no_13gram_overlap_between_heldout_and_pretraining(pretrain, heldout, sections):
     """AlexaTM-style decontamination, checked from scratch: word 13-grams (character 13-grams for Japanese),
-    plus whole short segments against whole lines/paragraphs of pretraining text."""
+    plus whole short segments against whole lines/paragraphs of pretraining text. The Debian section dev/test
+    descriptions (every language) are held out too; its training descriptions may be pretrained on."""
     held = set()
     texts = 0
     for r in heldout["udhr_parallel"] + heldout["debian_translation"]:
@@ -100,7 +107,12 @@ def test_no_13gram_overlap_between_heldout_and_pretraining(pretrain, heldout):
     for r in heldout["debian_summarization"]:
         held |= decontamination.ngram_keys(r["document"], r["lang"])
         held |= decontamination.ngram_keys(r["summary"], r["lang"])
-    assert texts > 1000 and len(held) > 50_000
+    for r in sections:
+        if r["split"] != "train":
+            held |= decontamination.ngram_keys(r["summary"], r["lang"])
+            held |= decontamination.ngram_keys(r["description"], r["lang"])
+            texts += 1
+    assert texts > 3000 and len(held) > 50_000
     contaminated = [doc["id"] for docs in pretrain.values() for doc in docs
                     if decontamination.document_keys(doc["text"], doc["lang"]) & held]
     assert contaminated == []
@@ -115,3 +127,67 @@ def test_ngram_keys_catch_real_overlap(heldout):
     assert decontamination.document_keys("Preface. " + en.upper() + " Fin.", "en") & held
     assert decontamination.document_keys("前文" + ja.replace("、", " "), "ja") & held
     assert not decontamination.document_keys("An unrelated sentence about package managers.", "en") & held
+
+
+# ------------------------------------------------------------------------------ Debian section classification
+NLU_FIELDS = {"id", "md5", "lang", "split", "summary", "description", "section", "tags"}
+
+
+def test_section_records_and_splits(sections):
+    """English-only training; dev and test in all 8 languages, parallel (the same md5s in every language);
+    only the summary and description as text (no package names); ids unique."""
+    assert [r["id"] for r in sections] == [f"{r['md5']}/{r['lang']}" for r in sections]
+    assert len({r["id"] for r in sections}) == len(sections)
+    for r in sections:
+        assert set(r) == NLU_FIELDS, "records hold exactly these fields: no package names"
+        assert r["summary"].strip() and r["description"].strip() and len(r["md5"]) == 32
+        assert isinstance(r["tags"], list) and all("::" in t for t in r["tags"])
+    assert {r["lang"] for r in sections if r["split"] == "train"} == {"en"}
+    md5s = collections.defaultdict(set)
+    for r in sections:
+        md5s[(r["split"], r["lang"])].add(r["md5"])
+    for split in ("dev", "test"):
+        assert {lang for s, lang in md5s if s == split} == set(DEBIAN_LANGS)
+        assert all(md5s[(split, lang)] == md5s[(split, "en")] for lang in DEBIAN_LANGS)
+    train, dev, test = md5s[("train", "en")], md5s[("dev", "en")], md5s[("test", "en")]
+    assert not (train & dev or train & test or dev & test)
+    # Each description has one section whatever its language.
+    section_of = collections.defaultdict(set)
+    for r in sections:
+        section_of[r["md5"]].add(r["section"])
+    assert all(len(s) == 1 for s in section_of.values())
+
+
+def test_section_counts_and_labels_match_the_manifest(sections):
+    info = bundled.manifest()["nlu"]["debian_section"]
+    labels = info["labels"]
+    assert len(labels) >= 15 and labels == sorted(labels)
+    assert {r["section"] for r in sections} <= set(labels)
+    counts = collections.Counter((r["split"], r["lang"]) for r in sections)
+    assert counts == collections.Counter({(split, lang): n for split, by_lang in info["counts"].items()
+                                          for lang, n in by_lang.items()})
+    assert 3000 <= counts[("train", "en")] <= 6000
+    for lang in DEBIAN_LANGS:
+        assert 40 <= counts[("dev", lang)] <= 60 and 150 <= counts[("test", lang)] <= 250
+    train_labels = collections.Counter(r["section"] for r in sections if r["split"] == "train")
+    assert set(train_labels) == set(labels) and min(train_labels.values()) >= 40, "every label is learnable"
+    for key, by_label in info["label_counts"].items():
+        split, lang = key.split("/")
+        assert by_label == dict(collections.Counter(r["section"] for r in sections
+                                                    if r["split"] == split and r["lang"] == lang))
+    majority = max(sorted(train_labels), key=train_labels.get)
+    assert info["majority_class"] == majority
+    for (split, lang), n in counts.items():
+        hits = sum(r["section"] == majority for r in sections if r["split"] == split and r["lang"] == lang)
+        assert info["majority_accuracy"][split][lang] == pytest.approx(hits / n, abs=1e-4)
+
+
+def test_section_eval_md5s_are_new_and_not_pretrained_on(pretrain, heldout, sections):
+    """No dev/test md5 (in any language) is a pretraining document, and none of the section task's md5s (train
+    included) is in the older held-out Debian sets."""
+    eval_md5 = {r["md5"] for r in sections if r["split"] != "train"}
+    assert len(eval_md5) >= 200
+    old_md5 = {r["id"] for name in ("debian_translation", "debian_summarization") for r in heldout[name]}
+    assert not {r["md5"] for r in sections} & old_md5
+    pretrained = {doc["id"].split("/")[1] for docs in pretrain.values() for doc in docs if doc["source"] == "debian"}
+    assert not eval_md5 & pretrained

@@ -62,6 +62,74 @@ def test_denoise_targets_are_the_original_packed_text():
     assert abs(dropped / kept - 0.15) < 0.01
 
 
+def _docs_table(lang, n_docs):
+    sp = spm.SentencePieceProcessor(model_file=bundled.bundled_spm_path())
+    docs = [sp.encode(rec["text"]) for _, rec in zip(range(n_docs), bundled.pretrain_documents(lang, "train"))]
+    return docs, preprocessors.TokenTable.from_lists(docs)
+
+
+def _epoch(stream, epoch):
+    return [stream.example(p)["targets"].numpy().tolist()
+            for p in range(epoch * stream.per_epoch, (epoch + 1) * stream.per_epoch)]
+
+
+def test_packed_chunks_reorder_documents_every_epoch():
+    """Unshuffled: the packed document stream in order. Shuffled: every epoch holds every document exactly once
+    (whole, between [DOC]s), in an order that changes with the epoch and the seed, and cuts it into chunks
+    that come out in a shuffled order."""
+    docs, table = _docs_table("it", 30)
+    doc_id = vocab.special_token_ids(vocab.get_vocabulary())["doc"]
+    plain = preprocessors.packed_chunks(table, 50, doc_id, shuffle=False, seed=0)
+    in_order = _epoch(plain, 0)
+    assert sum(in_order, []) == sum((d + [doc_id] for d in docs), [])
+    assert all(len(chunk) == 50 for chunk in in_order[:-1])
+
+    shuffled = preprocessors.packed_chunks(table, 50, doc_id, shuffle=True, seed=3)
+    epochs = [_epoch(shuffled, epoch) for epoch in (0, 1)]
+    for chunks in epochs:
+        assert chunks != in_order and sorted(sum(chunks, [])) == sorted(sum(in_order, []))
+    assert epochs[0] != epochs[1]
+    assert _epoch(preprocessors.packed_chunks(table, 50, doc_id, shuffle=True, seed=4), 0) != epochs[0]
+
+    # One chunk per epoch shows the epoch's document order: every document once, whole, in a new order.
+    whole = preprocessors.packed_chunks(table, sum(len(d) + 1 for d in docs), doc_id, shuffle=True, seed=3)
+    orders = []
+    for epoch in (0, 1):
+        (stream,) = _epoch(whole, epoch)
+        cuts = [-1] + [i for i, token in enumerate(stream) if token == doc_id]
+        documents = [stream[begin + 1:end] for begin, end in zip(cuts, cuts[1:])]
+        assert sorted(map(tuple, documents)) == sorted(map(tuple, docs)) and len(cuts) - 1 == len(docs)
+        orders.append(documents)
+    assert orders[0] != orders[1] != docs
+
+
+def test_document_pieces_are_a_permutation_every_epoch():
+    docs, table = _docs_table("pt", 40)
+    plain = preprocessors.document_pieces(table, 30, shuffle=False, seed=0)
+    expected = [d[i:i + 30] for d in docs for i in range(0, len(d), 30) if len(d[i:i + 30]) >= 2]
+    assert _epoch(plain, 0) == expected
+    shuffled = preprocessors.document_pieces(table, 30, shuffle=True, seed=5)
+    first, second = _epoch(shuffled, 0), _epoch(shuffled, 1)
+    assert sorted(first) == sorted(second) == sorted(expected)
+    assert first != expected and first != second
+
+
+def test_streams_sharing_a_function_are_computed_together():
+    """``select_examples`` stacks the data of streams with the same function (one traced graph): each task still
+    gets exactly its own examples."""
+    _, fr = _docs_table("fr", 20)
+    _, de = _docs_table("de", 25)
+    streams = [preprocessors.packed_chunks(fr, 40, 7, shuffle=True, seed=1),
+               preprocessors.document_pieces(de, 30, shuffle=True, seed=2),
+               preprocessors.packed_chunks(de, 40, 7, shuffle=True, seed=3)]
+    select = preprocessors.select_examples(streams)
+    for task, stream in enumerate(streams):
+        for position in (0, 5, stream.per_epoch + 2):
+            want = stream.example(position)["targets"].numpy()
+            got = select(tf.constant(task, tf.int64), tf.constant(position, tf.int64))["targets"].numpy()
+            np.testing.assert_array_equal(got, want)
+
+
 def test_clm_prefix_and_rest_rebuild_the_document():
     sp = spm.SentencePieceProcessor(model_file=bundled.bundled_spm_path())
     docs = [sp.encode(r["text"]) for r in bundled.pretrain_documents("de", "train")]

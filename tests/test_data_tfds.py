@@ -45,3 +45,27 @@ def test_tfds_source_feeds_a_mixture(tmp_path):
     val = list(pipeline.make_batch_iterator("test_tfds_mix", {"inputs": 64, "targets": 64}, 4, split="validation",
                                             repeat=False, shuffle=False, pack=False))
     assert val and np.any(val[0]["decoder_loss_weights"])
+
+
+def test_tfds_mixture_resumes_by_replaying(tmp_path):
+    """A TFDS source has no random access: the state is a batch count and restoring replays up to it (exact,
+    however many times)."""
+    import json
+
+    AlexatmTestWiki(data_dir=str(tmp_path)).download_and_prepare()
+    source = tasks.tfds_source("alexatm_test_wiki:1.0.0", data_dir=str(tmp_path))
+    tasks.register_mixture("test_tfds_resume", {"fr": source}, ("denoise", "clm"))
+    kwargs = dict(task_feature_lengths={"inputs": 64, "targets": 64}, batch_size=4, seed=3)
+    reference = pipeline.make_batch_iterator("test_tfds_resume", **kwargs)
+    expected = [next(reference) for _ in range(7)]
+    got, state = [], None
+    for count in (3, 2, 2):
+        it = pipeline.make_batch_iterator("test_tfds_resume", **kwargs)
+        if state is not None:
+            it.restore(state)
+        got += [next(it) for _ in range(count)]
+        state = json.loads(json.dumps(it.state()))
+        assert state["positions"] is None and state["batches"] == len(got)
+    for want, have in zip(expected, got):
+        for key in want:
+            np.testing.assert_array_equal(want[key], have[key])

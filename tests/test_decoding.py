@@ -65,8 +65,8 @@ def _naive_greedy(model, params, tokens, max_new, eos):
 
 
 def _greedy(model, params, tokens, max_new, eos, **kw):
-    return generate(model, params, tokens, max_new_tokens=max_new, decoder_start_token_id=START,
-                    eos_token_id=eos, pad_token_id=PAD, **kw)
+    assert (model.config.pad_token_id, model.config.decoder_start_token_id) == (PAD, START)
+    return generate(model.config.replace(eos_token_id=eos), params, tokens, max_new_tokens=max_new, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +150,13 @@ def test_beam_search_score_is_the_penalised_log_likelihood(tiny):
                            return_scores=True)
     lengths = np.array([int(np.argmax(r == eos)) + 1 if (r == eos).any() else len(r) for r in best])
     mask = np.arange(best.shape[1])[None, :] < lengths[:, None]
-    logliks = score(model, params, tokens, None, best, mask, decoder_start_token_id=START)
+    logliks = score(model, params, tokens, None, best, mask)
     np.testing.assert_allclose(scores, logliks / ((5.0 + lengths) / 6.0) ** alpha, rtol=1e-4)
     # Beam search finds sequences at least as likely (after the penalty) as greedy's.
     greedy = _greedy(model, params, tokens, 10, eos)
     g_len = np.array([int(np.argmax(r == eos)) + 1 if (r == eos).any() else len(r) for r in greedy])
     g_mask = np.arange(10)[None, :] < g_len[:, None]
-    g_score = score(model, params, tokens, None, greedy, g_mask, decoder_start_token_id=START)
+    g_score = score(model, params, tokens, None, greedy, g_mask)
     assert (scores >= g_score / ((5.0 + g_len) / 6.0) ** alpha - 1e-4).all()
 
 
@@ -165,10 +165,12 @@ def test_one_beam_equals_greedy(tiny):
     # Without a length penalty one beam is exactly greedy (with one, a longer hypothesis may win).
     one_beam = _greedy(model, params, tokens, 12, eos, num_beams=1, length_penalty=0.0)
     # generate() sends one beam to the greedy loop; build the beam-search loop itself to compare.
-    from alexatm_jax.decoding.generation import _build
-    run = jax.jit(_build(model, max_new_tokens=12, decoder_start_token_id=START, eos_token_id=eos,
-                         pad_token_id=PAD, num_beams=1, length_penalty=0.0, do_sample=False, temperature=1.0,
-                         top_k=0, top_p=1.0, stops=None, use_cache=True, force_beam_search=True))
+    import functools
+    from alexatm_jax.decoding import generation
+    from alexatm_jax.models import DecodingSettings
+    beam_loop = functools.partial(generation.default_decode_fn, eos_id=eos, pad_id=PAD, force_beam_search=True)
+    settings = DecodingSettings(max_new_tokens=12, length_penalty=0.0)
+    run = jax.jit(lambda p, t, s, r: generation.decode(model, p, t, s, r, settings, decode_fn=beam_loop))
     beams, _ = run(params, tokens, (tokens != PAD).astype(np.int32), jax.random.PRNGKey(0))
     np.testing.assert_array_equal(np.asarray(beams), one_beam)
     np.testing.assert_array_equal(one_beam, _naive_greedy(model, params, tokens, 12, eos))
@@ -241,7 +243,7 @@ def test_score_matches_stepwise_log_probs(tiny):
     targets = np.random.RandomState(2).randint(3, CONFIG.vocab_size, size=(4, 6)).astype(np.int32)
     mask = np.ones_like(targets, np.float32)
     mask[1, 4:] = 0
-    per_token = token_scores(model, params, tokens, None, targets, mask, decoder_start_token_id=START)
+    per_token = token_scores(model, params, tokens, None, targets, mask)
     segments = (tokens != PAD).astype(np.int32)
     forward = _full_forward(model)
     for row in range(4):
@@ -254,7 +256,7 @@ def test_score_matches_stepwise_log_probs(tiny):
             expected = jax.nn.log_softmax(logits[0, t])[targets[row, t]]
             np.testing.assert_allclose(per_token[row, t], expected, rtol=1e-5, atol=1e-5)
         assert (per_token[row, n:] == 0).all()
-    totals = score(model, params, tokens, segments, targets, mask, decoder_start_token_id=START)
+    totals = score(model, params, tokens, segments, targets, mask)
     np.testing.assert_allclose(totals, per_token.sum(-1), rtol=1e-6)
 
 

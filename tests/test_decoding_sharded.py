@@ -11,11 +11,11 @@ SCRIPT = textwrap.dedent(r'''
     from alexatm_jax.decoding import generate
     from alexatm_jax.model.config import ModelConfig
     from alexatm_jax.model.transformer import AlexaTMTransformer
-    from alexatm_jax.partitioning import make_mesh
+    from alexatm_jax.partitioning import Partitioner
 
     config = ModelConfig(vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=2, num_heads=4,
                          encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=32,
-                         dropout_rate=0.0, init_std=0.3)
+                         dropout_rate=0.0, init_std=0.3, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
     model = AlexaTMTransformer(config)
     dummy = jnp.ones((1, 4), jnp.int32)
     params = nn.unbox(model.init(jax.random.PRNGKey(0), dummy, dummy, enable_dropout=False)["params"])
@@ -23,12 +23,12 @@ SCRIPT = textwrap.dedent(r'''
     tokens = rng.randint(3, 64, size=(5, 8)).astype(np.int32)  # 5 rows: not a multiple of 8
     tokens[1, 4:] = 1
     tokens[3, 2:] = 1
-    kw = dict(max_new_tokens=8, decoder_start_token_id=2, eos_token_id=2, pad_token_id=1)
+    kw = dict(max_new_tokens=8)
     for settings, specs in ((dict(), ("data=8", "data=2,fsdp=2,tensor=2")),
                             (dict(num_beams=3), ("fsdp=4,tensor=2",))):
         single = generate(model, params, tokens, **kw, **settings)
         for spec in specs:
-            sharded = generate(model, params, tokens, mesh=make_mesh(spec), **kw, **settings)
+            sharded = generate(model, params, tokens, partitioner=Partitioner(spec), **kw, **settings)
             np.testing.assert_array_equal(sharded, single, err_msg=f"{spec} {settings}")
     print("SHARDED-OK")
 ''')

@@ -82,7 +82,7 @@ def test_eval_flores_card_reads_a_flores_folder(checkpoint, tmp_path):
     assert results["data"].startswith("flores101:")
 
 
-def test_runner_predictions_are_the_models_greedy_outputs(checkpoint):
+def test_runner_predictions_are_the_models_greedy_outputs(checkpoint, capsys):
     lm = alexatm_jax.load(checkpoint)
     card = cards.load_card("debian_translation", {"src": "en", "tgt": "fr"})
     results = runner.evaluate(lm, card, [1], limit=4, progress=False, batch_size=1)
@@ -93,9 +93,17 @@ def test_runner_predictions_are_the_models_greedy_outputs(checkpoint):
         # The CLM token goes in as its id (no '▁' piece before it), EOS closes the input.
         assert ids[0] == clm and ids[-1] == CONFIG.eos_token_id and ids[1] != lm.tokenizer.piece_to_id("\u2581")
         assert ids[1:-1] == lm.tokenizer.encode(example["prompt"][len("[CLM] "):])
+        # One tokenisation everywhere: the API's (as in the README) is the runner's.
+        assert lm.tokenize([example["prompt"]]) == [ids]
         # Alone and unpadded (a different shape from the runner's bucketed batch: padding must not matter).
         out = lm.generate([ids], max_new_tokens=card.decoding["max_new_tokens"])
         assert encoder.decode(out[0]).split(";")[0].strip() == example["prediction"]
+    # ... and `alexatm-jax generate`'s, which prints the same prediction for the same prompt.
+    example = results["runs"][0]["examples"][0]
+    capsys.readouterr()
+    assert cli.main(["generate", "--checkpoint", checkpoint, "--prompt", example["prompt"], "--stop", ";",
+                     "--max-new-tokens", str(card.decoding["max_new_tokens"])]) == 0
+    assert capsys.readouterr().out.strip() == example["prediction"]
 
 
 def test_rank_classification_accuracy(checkpoint):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from alexatm_jax.model import layers as L
-from alexatm_jax.model.config import PRESETS, ModelConfig, get_preset
+from alexatm_jax.model.config import PRESETS, REMAT_POLICIES, ModelConfig, get_preset
 from alexatm_jax.model.transformer import AlexaTMTransformer
 
 TINY = PRESETS["tiny"].replace(vocab_size=97, d_model=32, num_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
@@ -62,7 +62,7 @@ def test_encoder_padding_does_not_change_real_positions():
     np.testing.assert_allclose(short, long, atol=2e-5)
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+@pytest.mark.parametrize("remat", REMAT_POLICIES)  # every policy the config accepts runs
 def test_scanned_layout_and_remat_compute_the_same_function(remat):
     model, variables = init(TINY)
     params = nn.unbox(variables["params"])

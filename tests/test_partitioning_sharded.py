@@ -37,8 +37,8 @@ def _run_worker(devices: int, *args: str, timeout=600) -> dict:
 
 def _train(model_dir: str, mesh: str, steps: int) -> dict:
     from alexatm_jax.training import trainer
-    from test_train_support import copy_batches
-    return trainer.train(model_dir=model_dir, train_steps=steps, batch_size=8, task_feature_lengths=LENGTHS,
+    from test_train_support import copy_batches, run_train
+    return run_train(model_dir=model_dir, train_steps=steps, batch_size=8, task_feature_lengths=LENGTHS,
                          mesh=mesh, model_overrides=MODEL_OVERRIDES, learning_rate=1e-3, min_learning_rate=1e-4,
                          warmup_steps=2, log_every_steps=1, checkpoint_every_steps=3, tensorboard=False,
                          batch_iterator_fn=copy_batches)
@@ -51,30 +51,28 @@ def _losses(model_dir: str) -> dict:
 
 def worker_parity(out_dir: str) -> dict:
     """Five steps on one device and on the 2x2x2 mesh; shardings of the result."""
-    import flax.linen as nn
     import jax
     from jax.sharding import PartitionSpec as P
 
     from alexatm_jax import partitioning
     from alexatm_jax.model.config import get_preset
-    from alexatm_jax.model.transformer import AlexaTMTransformer
+    from alexatm_jax.models import EncoderDecoderModel
     from alexatm_jax.training import optimizer, step as step_lib
-    from alexatm_jax.training.train_state import StateLayout, init_params_boxed
+    from alexatm_jax.training.train_state import StateLayout
     from test_train_support import CopyBatches
 
     config = get_preset("tiny").replace(vocab_size=256, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
                                         bos_token_id=3, **MODEL_OVERRIDES)
-    model = AlexaTMTransformer(config)
-    abstract = jax.eval_shape(lambda: nn.unbox(init_params_boxed(model, jax.random.PRNGKey(0), 32, 32)))
+    model = EncoderDecoderModel(config)
     schedule = optimizer.learning_rate_schedule(1e-3, 1e-4, 2, 10)
-    tx = optimizer.make_optimizer(abstract, schedule=schedule)
+    tx = optimizer.make_optimizer(model.abstract_params(), schedule=schedule)
     result = {}
     for name, spec, devices in (("single", "data=1", jax.devices()[:1]),
                                 ("sharded", "data=2,fsdp=2,tensor=2", jax.devices())):
-        mesh = partitioning.make_mesh(spec, devices)
-        layout = StateLayout(model, tx, mesh, partitioning.DEFAULT_RULES, 32, 32)
-        sharding = partitioning.data_sharding(mesh)
-        train_step = step_lib.make_train_step(layout, schedule, step_lib.StepOptions(), sharding)
+        partitioner = partitioning.Partitioner(spec, devices=devices)
+        layout = StateLayout(model, tx, partitioner)
+        sharding = partitioner.data_sharding
+        train_step = step_lib.make_train_step(layout, schedule, step_lib.StepOptions())
         state = layout.init(jax.random.PRNGKey(0))
         data = CopyBatches(LENGTHS, 8, token_range=(4, 256))
         losses = []
@@ -134,22 +132,16 @@ def _params_digest(model_dir: str, mesh: str) -> dict:
     """Restores only the ``params`` item of the latest step onto ``mesh`` (as evaluation does) and
     summarises every leaf exactly (its sum and first values, as Python floats)."""
     import jax
-    import flax.linen as nn
     from alexatm_jax.training import checkpointing
     from alexatm_jax import partitioning
     from alexatm_jax.model.config import ModelConfig
-    from alexatm_jax.model.transformer import AlexaTMTransformer
-    from alexatm_jax.training.train_state import init_params_boxed
+    from alexatm_jax.models import EncoderDecoderModel
 
     # The params item alone, as evaluation does, onto this process's mesh.
     config = ModelConfig.from_json(open(os.path.join(model_dir, "config.json")).read())
-    model = AlexaTMTransformer(config)
-    boxed = jax.eval_shape(lambda: init_params_boxed(model, jax.random.PRNGKey(0), 32, 32))
-    mesh_obj = partitioning.make_mesh(mesh)
-    shardings = partitioning.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh_obj)
-    abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                      nn.unbox(boxed), shardings)
-    params = checkpointing.restore_params(model_dir, abstract)
+    model = EncoderDecoderModel(config)
+    abstract = model.abstract_params(partitioning.Partitioner(mesh).shardings(model.param_logical_specs()))
+    _, params = checkpointing.restore_params(model_dir, abstract)
     return {jax.tree_util.keystr(p): [float(np.asarray(v, np.float64).sum())] + np.asarray(v).ravel()[:4].tolist()
             for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
 

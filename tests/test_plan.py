@@ -8,16 +8,14 @@ import os
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
 from alexatm_jax import cli, partitioning
 from alexatm_jax.model.config import get_preset
-from alexatm_jax.model.transformer import AlexaTMTransformer
+from alexatm_jax.models import EncoderDecoderModel
 from alexatm_jax.training import flops
-from alexatm_jax.training.train_state import init_params_boxed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
@@ -33,12 +31,11 @@ def _plan(*args: str) -> tuple[int, str, str]:
 
 def _expected_param_bytes_per_device() -> float:
     """Each parameter's bytes divided by the mesh sizes its logical axes map to (DEFAULT_RULES)."""
-    model = AlexaTMTransformer(get_preset("tiny"))
-    boxed = jax.eval_shape(lambda: init_params_boxed(model, jax.random.PRNGKey(0), 64, 64))
+    model = EncoderDecoderModel(get_preset("tiny"))
     rules = dict(partitioning.DEFAULT_RULES)
     total = 0.0
-    for leaf, spec in zip(jax.tree_util.tree_leaves(nn.unbox(boxed)),
-                          jax.tree_util.tree_leaves(nn.get_partition_spec(boxed),
+    for leaf, spec in zip(jax.tree_util.tree_leaves(model.abstract_params()),
+                          jax.tree_util.tree_leaves(model.param_logical_specs(),
                                                     is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))):
         factor = 1
         for name in spec:
@@ -61,11 +58,15 @@ def test_plan_tiny_on_eight_virtual_devices():
     np.testing.assert_allclose(gib["optimizer_state"], 2 * gib["params"], rtol=1e-3)
     assert gib["temporaries"] > 0 and gib["total"] >= gib["params"] + gib["optimizer_state"]
     assert plan["model_flops_per_step"] == flops.train_step_flops(get_preset("tiny"), 8, 64, 64)
-    assert "per device: params" in out
+    assert "per device: params" in out and plan["compile_seconds"] > 0
 
-    rc, out, _ = _plan("--model", "tiny", "--mesh", "fsdp=2", "--batch", "2", "--inputs", "16", "--targets", "16",
-                       "--device-memory", "0.001")
-    assert rc == 0 and json.loads(out.strip().splitlines()[-1])["fits"] is False
+    # Also every layout switch at once: scanned layers with the save_attention_out remat policy (this
+    # policy was accepted by the config and crashed the plan with a KeyError).
+    rc, out, err = _plan("--model", "tiny", "--mesh", "fsdp=2", "--batch", "2", "--inputs", "16", "--targets", "16",
+                         "--device-memory", "0.001", "--scan", "true", "--remat", "save_attention_out")
+    assert rc == 0, err[-3000:]
+    small = json.loads(out.strip().splitlines()[-1])
+    assert small["fits"] is False and small["remat_policy"] == "save_attention_out" and small["scan_layers"] is True
 
 
 @pytest.mark.parametrize("args,message", [
@@ -79,3 +80,10 @@ def test_plan_bad_input(capsys, args, message):
     argv = ["plan"] + [x for kv in base.items() for x in kv]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_plan_names_an_axis_the_mesh_cannot_split():
+    """tiny has 4 heads: a tensor axis of 8 cannot split them (this was a raw XLA sharding error)."""
+    rc, out, err = _plan("--model", "tiny", "--mesh", "tensor=8", "--batch", "8", "--inputs", "16", "--targets", "16")
+    assert rc == 2, out + err
+    assert "(heads, size 4) is not divisible by tensor = 8" in err and "Traceback" not in err

@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
+from test_train_support import free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 STEPS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(devices: int) -> dict:
@@ -33,10 +28,9 @@ def worker(model_dir: str, coordinator: str, num_processes: str, process_id: str
     if int(num_processes) > 1:
         assert distributed.initialize(coordinator, int(num_processes), int(process_id))
     import jax
-    from alexatm_jax.training import trainer
-    from test_train_support import copy_batches
+    from test_train_support import copy_batches, run_train
 
-    result = trainer.train(model_dir=model_dir, train_steps=STEPS, batch_size=8,
+    result = run_train(model_dir=model_dir, train_steps=STEPS, batch_size=8,
                            task_feature_lengths={"inputs": 32, "targets": 32}, mesh="data=2,fsdp=2",
                            model_overrides={"d_model": 64, "num_heads": 4, "encoder_ffn_dim": 128,
                                             "decoder_ffn_dim": 128},
@@ -56,7 +50,7 @@ def test_two_processes_match_one(tmp_path):
     single = subprocess.run([sys.executable, __file__, single_dir, "-", "1", "0"], env=_env(4),
                             capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-4000:]
-    coordinator = f"127.0.0.1:{_free_port()}"
+    coordinator = f"127.0.0.1:{free_port()}"
     procs = [subprocess.Popen([sys.executable, __file__, multi_dir, coordinator, "2", str(i)], env=_env(2),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from alexatm_jax.training import checkpointing, trainer
-from test_train_support import copy_batches
+from test_train_support import copy_batches, run_train
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -18,15 +18,15 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
                     checkpoint_every_steps=1, async_checkpointing=False, tensorboard=False)
     # A learning rate of 1e30 sends the weights past float32's range within a few updates.
     with pytest.raises(trainer.TrainingError, match=r"Non-finite loss or gradients at step (\d+)") as caught:
-        trainer.train(learning_rate=1e30, min_learning_rate=1e30, **settings)
+        run_train(learning_rate=1e30, min_learning_rate=1e30, **settings)
     message = str(caught.value)
     bad_step = int(message.split("at step ")[1].split()[0])
-    assert "the last good checkpoint is step" in message and "train.nonfinite='skip'" in message
+    assert "the last good checkpoint is step" in message and "StepConfig.nonfinite='skip'" in message
     good_step = int(message.split("the last good checkpoint is step ")[1].split()[0])
     assert good_step < bad_step
 
     manager = checkpointing.make_manager(str(model_dir), keep=3, keep_best=0, async_save=False)
     assert manager.latest_step() == good_step
     from alexatm_jax.checkpoints.model_dir import abstract_params, read_config, restore_params
-    params = restore_params(model_dir, abstract_params(read_config(model_dir)))
+    _, params = restore_params(model_dir, abstract_params(read_config(model_dir)))
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(params))

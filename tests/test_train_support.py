@@ -4,11 +4,19 @@ batches that do not depend on the number of data shards (multi-process parity). 
 
 from __future__ import annotations
 
+import socket
+
 import gin
 import numpy as np
 
-FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions", "decoder_input_tokens",
-            "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids", "decoder_positions")
+from alexatm_jax.features import BATCH_FEATURES as FEATURES
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a jax.distributed coordinator or an emulator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class CopyBatches:
@@ -82,3 +90,35 @@ def test_copy_batches_are_deterministic_resumable_and_shard_independent():
     inner = (~starts) & (b["decoder_segment_ids"] > 0)
     np.testing.assert_array_equal(b["decoder_input_tokens"][:, 1:][inner[:, 1:]],
                                   b["decoder_target_tokens"][:, :-1][inner[:, 1:]])
+
+
+# Token ids of the bundled seqio vocabulary (the model files in gin_configs/models bind the same).
+SEQIO_IDS = dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, bos_token_id=3)
+_OPTIMIZER_KEYS = {"learning_rate", "min_learning_rate", "warmup_steps", "decay_steps", "weight_decay", "clip_norm",
+                   "freeze_encoder_steps"}
+_STEP_KEYS = {"num_microbatches", "label_smoothing", "z_loss", "nonfinite"}
+
+
+def run_train(*, model_dir, train_steps, batch_size, task_feature_lengths, mesh="data=-1", model_preset="tiny",
+              model_overrides=None, batch_iterator_fn=None, log_every_steps=1, checkpoint_every_steps=1000,
+              keep_checkpoints=3, keep_best_checkpoints=0, async_checkpointing=True, tensorboard=False,
+              eval_every_steps=0, eval_steps=2, mixture_or_task_name="alexatm_demo", seed=0, data_seed=0,
+              init_from=None, eval_only=False, optimizer="adamw", **rest):
+    """``trainer.train`` from flat keyword arguments (the tests' shorthand for the gin-bound dataclasses)."""
+    from alexatm_jax.model.config import get_preset
+    from alexatm_jax.training import configs, trainer
+
+    unknown = set(rest) - _OPTIMIZER_KEYS - _STEP_KEYS
+    assert not unknown, f"run_train does not know {unknown}"
+    config = get_preset(model_preset).replace(**SEQIO_IDS, **dict(model_overrides or {}))
+    return trainer.train(
+        model_dir=model_dir, train_steps=train_steps, model_config=config, mesh=mesh, seed=seed, init_from=init_from,
+        eval_only=eval_only,
+        data=configs.DataConfig(mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
+                                batch_size=batch_size, seed=data_seed, batch_iterator_fn=batch_iterator_fn),
+        optimizer=configs.OptimizerConfig(name=optimizer, **{k: v for k, v in rest.items() if k in _OPTIMIZER_KEYS}),
+        step=configs.StepConfig(**{k: v for k, v in rest.items() if k in _STEP_KEYS}),
+        checkpoint=configs.CheckpointConfig(every_steps=checkpoint_every_steps, keep=keep_checkpoints,
+                                            keep_best=keep_best_checkpoints, async_save=async_checkpointing),
+        logging=configs.LoggingConfig(every_steps=log_every_steps, tensorboard=tensorboard),
+        evaluation=configs.EvalConfig(every_steps=eval_every_steps, steps=eval_steps))

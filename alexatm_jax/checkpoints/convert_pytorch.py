@@ -12,99 +12,64 @@ straight into their slot of the stacked ``[layers, ...]`` array.
 
 PyTorch ``Linear`` weights are ``[out, in]``; our kernels are ``[in, out]`` with heads split out:
 query/key/value ``[D, H, K]``, attention output ``[H, K, D]``.
+
+``config.json`` fields are judged by what the reference's code does with them (``reference_config``): fields
+it never reads are reported in one warning line and ignored. Damaged, truncated or pickle-bearing weight files,
+invalid JSON and a tokenizer that is not SentencePiece are refused with one line naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
+# ConversionError is raised here and re-exported for callers of this module.
+from alexatm_jax.checkpoints.reference_config import ConversionError, read_reference_config  # noqa: F401
 from alexatm_jax.model.config import ModelConfig
-
-# Fields of the reference config (AlexaTMSeq2SeqConfig + transformers' PretrainedConfig, 4.26) that we read,
-# or that cannot change what the model computes at inference (generation defaults, bookkeeping, training-only
-# switches). Anything else is refused: silently ignoring an unknown architecture switch gives wrong numbers.
-_IGNORED_CONFIG_FIELDS = frozenset("""
-_name_or_path activation_dropout add_cross_attention architectures attention_dropout attention_probs_dropout_prob
-bad_words_ids begin_suppress_tokens chunk_size_feed_forward cross_attention_hidden_size decoder_layerdrop
-diversity_penalty do_sample dropout early_stopping encoder_layerdrop encoder_no_repeat_ngram_size
-exponential_decay_length_penalty extra_pos_embeddings finetuning_task force_bos_token_to_be_generated
-forced_bos_token_id forced_eos_token_id fp32_cast_layer_norm fp32_cast_query_key gradient_checkpointing
-hidden_dropout_prob id2label init_std initializer_range is_decoder is_encoder_decoder label2id length_penalty
-max_length min_length model_type no_repeat_ngram_size num_beam_groups num_beams num_hidden_layers
-num_return_sequences output_attentions output_hidden_states output_scores prefix problem_type pruned_heads
-remove_invalid_values repetition_penalty return_dict return_dict_in_generate sep_token_id suppress_tokens
-task_specific_params temperature tf_legacy_loss tie_encoder_decoder tokenizer_class top_k top_p torch_dtype
-torchscript transformers_version typical_p use_bfloat16 use_cache intermediate_size output_past
-""".split())
-_READ_CONFIG_FIELDS = frozenset("""
-vocab_size d_model encoder_layers decoder_layers encoder_attention_heads decoder_attention_heads encoder_ffn_dim
-decoder_ffn_dim max_position_embeddings type_vocab_size layer_norm_eps hidden_act position_embedding_type
-share_embeddings tie_word_embeddings pad_token_id bos_token_id eos_token_id decoder_start_token_id
-""".split())
-
-
-class ConversionError(ValueError):
-    """The source is not a convertible AlexaTM checkpoint; the message says what is wrong."""
 
 
 def config_from_reference(ref: dict, scan_layers: bool = False, param_dtype: str = "float32") -> ModelConfig:
-    """Maps a reference ``config.json`` dict to our ModelConfig, refusing what we cannot reproduce."""
-    unknown = sorted(set(ref) - _IGNORED_CONFIG_FIELDS - _READ_CONFIG_FIELDS)
-    if unknown:
-        raise ConversionError(f"Unknown field(s) in config.json: {unknown}. They may change the architecture, "
-                              f"so the conversion stops rather than guess.")
-    problems = []
-    if ref.get("encoder_attention_heads", 16) != ref.get("decoder_attention_heads", 16):
-        problems.append("encoder and decoder head counts differ (unsupported)")
-    if ref.get("position_embedding_type", "absolute") != "absolute":
-        problems.append(f"position_embedding_type={ref['position_embedding_type']!r} (only 'absolute')")
-    act = ref.get("hidden_act", "gelu")
-    if act not in ("gelu", "relu"):
-        problems.append(f"hidden_act={act!r} (supported: 'gelu', 'relu')")
-    if problems:
-        raise ConversionError("Cannot convert this config: " + "; ".join(problems))
-    bos = ref.get("bos_token_id", 0)
-    start = ref.get("decoder_start_token_id")
-    return ModelConfig(
-        vocab_size=ref.get("vocab_size", 50265), d_model=ref.get("d_model", 1024),
-        encoder_layers=ref.get("encoder_layers", 12), decoder_layers=ref.get("decoder_layers", 12),
-        num_heads=ref.get("encoder_attention_heads", 16), encoder_ffn_dim=ref.get("encoder_ffn_dim", 4096),
-        decoder_ffn_dim=ref.get("decoder_ffn_dim", 4096),
-        max_position_embeddings=ref.get("max_position_embeddings", 1024),
-        type_vocab_size=ref.get("type_vocab_size", 2), layer_norm_eps=ref.get("layer_norm_eps", 1e-12),
-        norm_type="alexatm_layernorm", ffn_type=act,
-        share_embeddings=bool(ref.get("share_embeddings", True)),
-        tie_word_embeddings=bool(ref.get("tie_word_embeddings", True)),
-        use_final_logits_bias=True,
-        dropout_rate=ref.get("dropout", 0.1), attention_dropout_rate=ref.get("attention_dropout", 0.0),
-        pad_token_id=ref.get("pad_token_id", 1), bos_token_id=bos, eos_token_id=ref.get("eos_token_id", 2),
-        # transformers falls back to bos when the config names no decoder start token; so do we.
-        decoder_start_token_id=bos if start is None else start,
-        scan_layers=scan_layers, param_dtype=param_dtype,
-        dtype="float32" if param_dtype == "float32" else param_dtype)
+    """Maps a reference ``config.json`` dict to our ModelConfig, refusing what we cannot reproduce (see
+    ``reference_config``; the fields it ignores are dropped silently here: ``convert`` reports them)."""
+    return read_reference_config(ref, scan_layers=scan_layers, param_dtype=param_dtype).config
 
 
-# --- key mapping -------------------------------------------------------------------------------------------
+# --- key mapping (read forwards by ``convert``, backwards by ``export_pytorch``) ---------------------------
 
-def _linear_qkv(cfg: ModelConfig):
+class Transform(NamedTuple):
+    """A pair of inverse maps between a reference tensor and our parameter (numpy arrays in and out)."""
+
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_reference: Callable[[np.ndarray], np.ndarray]
+
+
+IDENTITY = Transform(lambda x: x, lambda x: x)
+# PyTorch Linear weights are [out, in]; our kernels [in, out].
+TRANSPOSE = Transform(lambda w: w.T, lambda p: p.T)
+
+
+def layer_families(cfg: ModelConfig) -> dict[str, dict[str, tuple[str, Transform]]]:
+    """family -> {reference suffix ('weight' | 'bias') -> (our leaf name, transform)} for layer tensors.
+    Attention projections split heads out: query/key/value weight [H*K, D] <-> kernel [D, H, K], bias
+    [H*K] <-> [H, K]; output weight [D, H*K] <-> kernel [H, K, D]."""
     h, k, d = cfg.num_heads, cfg.head_dim, cfg.d_model
-    return {"weight": ("kernel", lambda w: w.T.reshape(d, h, k)), "bias": ("bias", lambda b: b.reshape(h, k))}
+    return {
+        "norm": {"weight": ("scale", IDENTITY), "bias": ("bias", IDENTITY)},
+        "linear": {"weight": ("kernel", TRANSPOSE), "bias": ("bias", IDENTITY)},
+        "qkv": {"weight": ("kernel", Transform(lambda w: w.T.reshape(d, h, k), lambda p: p.reshape(d, h * k).T)),
+                "bias": ("bias", Transform(lambda b: b.reshape(h, k), lambda p: p.reshape(h * k)))},
+        "out": {"weight": ("kernel", Transform(lambda w: w.T.reshape(h, k, d), lambda p: p.reshape(h * k, d).T)),
+                "bias": ("bias", IDENTITY)},
+    }
 
 
-def _linear_out(cfg: ModelConfig):
-    h, k, d = cfg.num_heads, cfg.head_dim, cfg.d_model
-    return {"weight": ("kernel", lambda w: w.T.reshape(h, k, d)), "bias": ("bias", lambda b: b)}
-
-
-_LINEAR = {"weight": ("kernel", lambda w: w.T), "bias": ("bias", lambda b: b)}
-_NORM = {"weight": ("scale", lambda w: w), "bias": ("bias", lambda b: b)}
-
-_ENCODER_LAYER = {
+# Reference module name inside one layer -> (our sub-path inside the layer, family).
+ENCODER_LAYER = {
     "layer_norm": (("pre_attention_layer_norm",), "norm"),
     "attention.self.query": (("attention", "query"), "qkv"),
     "attention.self.key": (("attention", "key"), "qkv"),
@@ -114,7 +79,7 @@ _ENCODER_LAYER = {
     "intermediate.dense": (("mlp", "wi"), "linear"),
     "output.dense": (("mlp", "wo"), "linear"),
 }
-_DECODER_LAYER = {
+DECODER_LAYER = {
     "self_attn_layer_norm": (("pre_self_attention_layer_norm",), "norm"),
     "self_attn.q_proj": (("self_attention", "query"), "qkv"),
     "self_attn.k_proj": (("self_attention", "key"), "qkv"),
@@ -129,10 +94,52 @@ _DECODER_LAYER = {
     "fc1": (("mlp", "wi"), "linear"),
     "fc2": (("mlp", "wo"), "linear"),
 }
-_ENC_RE = re.compile(r"^model\.encoder\.pre_ln_encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
-_DEC_RE = re.compile(r"^model\.decoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
-# Buffers and aliases that carry no parameter of their own.
-_SKIPPED_KEYS = {"model.encoder.position_ids"}
+# The layer stacks: (our stack name, reference key prefix (then "<index>.<module>.<weight|bias>"), modules,
+# the ModelConfig field with the layer count).
+LAYER_STACKS = (
+    ("encoder", "model.encoder.pre_ln_encoder.layer.", ENCODER_LAYER, "encoder_layers"),
+    ("decoder", "model.decoder.layers.", DECODER_LAYER, "decoder_layers"),
+)
+_LAYER_RES = {stack: re.compile("^" + re.escape(prefix) + r"(\d+)\.(.+)\.(weight|bias)$")
+              for stack, prefix, _, _ in LAYER_STACKS}
+
+# Tensors outside the layer stacks: reference key -> (our parameter path, transform), in the reference's
+# order. The encoder's token table is saved under two names (``model.shared`` and the encoder's alias of it;
+# transformers may drop either), so both map to it.
+TOP_LEVEL = {
+    "model.shared.weight": (("encoder_token_embedder", "embedding"), IDENTITY),
+    "model.encoder.token_embeddings.weight": (("encoder_token_embedder", "embedding"), IDENTITY),
+    "model.encoder.position_embeddings.weight": (("encoder", "position_embedder", "embedding"), IDENTITY),
+    "model.encoder.token_type_embeddings.weight": (("encoder", "token_type_embedder", "embedding"), IDENTITY),
+    "model.encoder.pre_ln_encoder.layer_norm.weight": (("encoder", "encoder_norm", "scale"), IDENTITY),
+    "model.encoder.pre_ln_encoder.layer_norm.bias": (("encoder", "encoder_norm", "bias"), IDENTITY),
+    "model.decoder.embed_tokens.weight": (("decoder_token_embedder", "embedding"), IDENTITY),
+    "model.decoder.embed_positions.weight": (("decoder", "position_embedder", "embedding"), IDENTITY),
+    "model.decoder.layernorm_output.weight": (("decoder", "decoder_norm", "scale"), IDENTITY),
+    "model.decoder.layernorm_output.bias": (("decoder", "decoder_norm", "bias"), IDENTITY),
+    # [1, V] in the reference (a buffer), [V] here.
+    "final_logits_bias": (("decoder", "final_logits_bias"),
+                          Transform(lambda b: b.reshape(-1), lambda p: p.reshape(1, -1))),
+    "lm_head.weight": (("decoder", "logits_dense", "kernel"), TRANSPOSE),
+}
+# The encoder's position ids: a buffer (arange), not a parameter.
+POSITION_IDS_KEY = "model.encoder.position_ids"
+_SKIPPED_KEYS = {POSITION_IDS_KEY}
+
+
+def tied_to(key: str, cfg: ModelConfig) -> Optional[str]:
+    """The key whose tensor ``key`` is the very same tensor of under ``cfg``'s sharing switches, or None:
+    ``share_embeddings`` gives the decoder the encoder's token table, ``tie_word_embeddings`` makes the LM head
+    the decoder's token table ([V, D] both: no transpose)."""
+    if key == "model.decoder.embed_tokens.weight" and cfg.share_embeddings:
+        return "model.shared.weight"
+    if key == "lm_head.weight" and cfg.tie_word_embeddings:
+        return "model.decoder.embed_tokens.weight"
+    return None
+
+
+def layer_key(prefix: str, index: int, module: str, kind: str) -> str:
+    return f"{prefix}{index}.{module}.{kind}"
 
 
 class _Target:
@@ -142,48 +149,48 @@ class _Target:
         self.path, self.transform, self.layer, self.stack = path, transform, layer, stack
 
 
+def layer_path(stack: str, index: int, sub: tuple, leaf: str, cfg: ModelConfig) -> tuple[tuple, Optional[int]]:
+    """Our path of one layer's leaf, and the slot on the stacked axis (scanned layouts) or None."""
+    if cfg.scan_layers:
+        return (stack, "layers") + sub + (leaf,), index
+    return (stack, f"layers_{index}") + sub + (leaf,), None
+
+
 def target_for_key(key: str, cfg: ModelConfig) -> Optional[list[_Target]]:
     """The destination(s) of a reference state-dict key, or None if the key is not part of the model."""
-    if key in _SKIPPED_KEYS:
+    if key in _SKIPPED_KEYS or tied_to(key, cfg) is not None:  # buffers, and copies of a tensor read elsewhere
         return []
-    for regex, stack, table, count in ((_ENC_RE, "encoder", _ENCODER_LAYER, cfg.encoder_layers),
-                                       (_DEC_RE, "decoder", _DECODER_LAYER, cfg.decoder_layers)):
-        match = regex.match(key)
+    for stack, _, table, count_field in LAYER_STACKS:
+        match = _LAYER_RES[stack].match(key)
         if match:
             index, module, kind = int(match.group(1)), match.group(2), match.group(3)
-            if module not in table or index >= count:
+            if module not in table or index >= getattr(cfg, count_field):
                 return None
             sub, family = table[module]
-            mapping = {"norm": _NORM, "linear": _LINEAR, "qkv": _linear_qkv(cfg), "out": _linear_out(cfg)}[family]
-            leaf, transform = mapping[kind]
-            layers = "layers" if cfg.scan_layers else f"layers_{index}"
-            return [_Target((stack, layers) + sub + (leaf,), transform,
-                            layer=index if cfg.scan_layers else None, stack=stack)]
-    embed = lambda w: w  # noqa: E731
-    simple = {
-        "final_logits_bias": [_Target(("decoder", "final_logits_bias"), lambda b: b.reshape(-1))],
-        "model.encoder.position_embeddings.weight": [_Target(("encoder", "position_embedder", "embedding"), embed)],
-        "model.encoder.token_type_embeddings.weight": [
-            _Target(("encoder", "token_type_embedder", "embedding"), embed)],
-        "model.encoder.pre_ln_encoder.layer_norm.weight": [_Target(("encoder", "encoder_norm", "scale"), embed)],
-        "model.encoder.pre_ln_encoder.layer_norm.bias": [_Target(("encoder", "encoder_norm", "bias"), embed)],
-        "model.decoder.embed_positions.weight": [_Target(("decoder", "position_embedder", "embedding"), embed)],
-        "model.decoder.layernorm_output.weight": [_Target(("decoder", "decoder_norm", "scale"), embed)],
-        "model.decoder.layernorm_output.bias": [_Target(("decoder", "decoder_norm", "bias"), embed)],
-        # The encoder's table is saved under either name (transformers drops one of two aliased tensors).
-        "model.shared.weight": [_Target(("encoder_token_embedder", "embedding"), embed)],
-        "model.encoder.token_embeddings.weight": [_Target(("encoder_token_embedder", "embedding"), embed)],
-    }
-    if key in simple:
-        return simple[key]
-    if key == "model.decoder.embed_tokens.weight":
-        return [] if cfg.share_embeddings else [_Target(("decoder_token_embedder", "embedding"), embed)]
-    if key == "lm_head.weight":
-        return [] if cfg.tie_word_embeddings else [_Target(("decoder", "logits_dense", "kernel"), lambda w: w.T)]
+            leaf, transform = layer_families(cfg)[family][kind]
+            path, slot = layer_path(stack, index, sub, leaf, cfg)
+            return [_Target(path, transform.to_ours, layer=slot, stack=stack)]
+    if key in TOP_LEVEL:
+        path, transform = TOP_LEVEL[key]
+        return [_Target(path, transform.to_ours)]
     return None
 
 
 # --- reading the source ------------------------------------------------------------------------------------
+
+def read_json(path: Path) -> Any:
+    """The JSON value of ``path``; a ``ConversionError`` naming the file, line and column if it is not JSON."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConversionError(f"{path} is not UTF-8 text (byte {error.start} is not UTF-8), so not a JSON file; "
+                              f"re-save it with save_pretrained") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConversionError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column "
+                              f"{error.colno}; fix the file or re-save it with save_pretrained") from None
+
 
 def weight_files(source: Path) -> list[Path]:
     """The weight files of a Hugging Face checkpoint directory, in index order."""
@@ -193,7 +200,11 @@ def weight_files(source: Path) -> list[Path]:
     for index_name in ("pytorch_model.bin.index.json", "model.safetensors.index.json"):
         index = source / index_name
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = read_json(index)
+            weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise ConversionError(f"{index} has no \"weight_map\" object of tensor name -> shard file name; "
+                                      f"re-save the checkpoint with save_pretrained")
             files = list(dict.fromkeys(weight_map.values()))
             missing = [f for f in files if not (source / f).is_file()]
             if missing:
@@ -206,21 +217,63 @@ def weight_files(source: Path) -> list[Path]:
                           f"model.safetensors(.index.json)")
 
 
-def iterate_tensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """(key, float32-or-native numpy array) pairs of one weight file, loaded lazily where possible."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        with safe_open(str(path), framework="numpy") as handle:
-            for key in handle.keys():
-                yield key, handle.get_tensor(key)
-        return
+def _damaged(path: Path, kind: str, error: BaseException) -> ConversionError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ConversionError(f"{path} cannot be read as a {kind} file ({reason}); it may be truncated or damaged: "
+                           f"copy or download it again")
+
+
+def _load_torch_state(path: Path) -> dict:
+    """The state dict of a ``.bin`` file, read with ``weights_only=True`` (tensors only, no code runs)."""
+    import pickle
+    import zipfile
+
     try:
         import torch
     except ImportError:
         raise ConversionError("Reading .bin checkpoints needs PyTorch: pip install 'alexatm_jax[convert]'") from None
-    state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    try:
+        # mmap needs torch's zip format (torch >= 1.6); the legacy format is read whole.
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        if "global" in str(error).lower():  # the weights-only unpickler met a class or function reference
+            raise ConversionError(
+                f"{path} contains pickled Python objects, not only tensors; refusing to load it (unsafe). "
+                f"Re-save it with torch.save(state_dict) or convert to safetensors") from None
+        raise _damaged(path, "PyTorch checkpoint", error) from None
+    except Exception as error:  # noqa: BLE001  (torch reports a damaged file as any of several types)
+        raise _damaged(path, "PyTorch checkpoint", error) from None
+    if not isinstance(state, dict):
+        raise ConversionError(f"{path} holds a {type(state).__name__}, not a state dict of named tensors; "
+                              f"re-save it with torch.save(model.state_dict())")
+    return state
+
+
+def iterate_tensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, float32-or-native numpy array) pairs of one weight file, loaded lazily where possible."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            handle = safe_open(str(path), framework="numpy")
+        except (SafetensorError, OSError) as error:
+            raise _damaged(path, "safetensors", error) from None
+        with handle:
+            for key in handle.keys():
+                try:
+                    tensor = handle.get_tensor(key)
+                except (SafetensorError, OSError) as error:
+                    raise _damaged(path, "safetensors", error) from None
+                yield key, tensor
+        return
+    import torch
+
+    state = _load_torch_state(path)
     for key in list(state):
         tensor = state.pop(key)
+        if not isinstance(tensor, torch.Tensor):
+            raise ConversionError(f"{path} holds a {type(tensor).__name__} under {key!r}, not a tensor; a "
+                                  f"checkpoint shard must map parameter names to tensors only")
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()
         yield key, tensor.numpy()
@@ -316,20 +369,43 @@ def _flatten(tree, prefix=()):
         yield prefix, tree
 
 
+def _report_to_log(line: str) -> None:
+    logging.getLogger("alexatm_jax.convert").warning(line)
+
+
 def convert(source: str | Path, destination: str | Path, scan_layers: bool = False,
-            param_dtype: str = "float32", overwrite: bool = False) -> Path:
-    """Converts a Hugging Face AlexaTM directory into an alexatm_jax model directory; returns its path."""
+            param_dtype: str = "float32", overwrite: bool = False,
+            report: Callable[[str], None] = _report_to_log) -> Path:
+    """Converts a Hugging Face AlexaTM directory into an alexatm_jax model directory; returns its path.
+
+    Everything that can be checked cheaply (config fields, weight files, tokenizer) is checked before any
+    tensor is read. ``report`` receives one line listing the config fields the conversion ignores, if any.
+    """
     from alexatm_jax.checkpoints.model_dir import abstract_params, save_model_dir
+    from alexatm_jax.data.vocab import load_sentencepiece
 
     source = Path(source)
+    if Path(destination).exists() and not overwrite:  # before the long part; save_model_dir checks it again
+        raise FileExistsError(f"{Path(destination).absolute()} already exists; pass overwrite=True (--overwrite) "
+                              f"or choose another path")
     config_path = source / "config.json"
     if not config_path.is_file():
         raise ConversionError(f"{source} is not a checkpoint directory: {config_path.name} is missing")
-    reference_config = json.loads(config_path.read_text())
-    cfg = config_from_reference(reference_config, scan_layers=scan_layers, param_dtype=param_dtype)
+    reference_config = read_json(config_path)
+    reading = read_reference_config(reference_config, scan_layers=scan_layers, param_dtype=param_dtype,
+                                    name=str(config_path))
+    cfg = reading.config
+    weight_files(source)  # fails early on a missing or unreadable index
+    tokenizer = find_tokenizer(source)
+    if tokenizer is not None:
+        load_sentencepiece(tokenizer)
+    warning = reading.warning(str(config_path))
+    if warning:
+        report(warning)
     expected = abstract_params(cfg)
     params = convert_state(source, cfg, expected, param_dtype)
     provenance = {"converted_from": str(source.absolute()), "reference_config": reference_config,
-                  "scan_layers": scan_layers, "param_dtype": param_dtype}
-    return save_model_dir(destination, cfg, params, tokenizer_path=find_tokenizer(source),
+                  "ignored_config_fields": sorted(reading.ignored), "scan_layers": scan_layers,
+                  "param_dtype": param_dtype}
+    return save_model_dir(destination, cfg, params, tokenizer_path=tokenizer,
                           provenance=provenance, overwrite=overwrite)

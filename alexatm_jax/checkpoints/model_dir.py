@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexatm_jax import storage
 from alexatm_jax.model.config import ModelConfig
 
 FORMAT_VERSION = 1
@@ -41,8 +42,7 @@ META_FILE = "alexatm_jax.json"
 RUN_CHECKPOINTS_DIR = "checkpoints"
 
 
-def save_model_dir(directory: str | os.PathLike, config: ModelConfig, params: Any,
-                   tokenizer_path: Optional[str | os.PathLike] = None,
+def save_model_dir(directory, config: ModelConfig, params: Any, tokenizer_path=None,
                    provenance: Optional[dict] = None, overwrite: bool = False) -> Path:
     """Writes ``config``, ``params`` (a pytree of arrays) and the tokenizer atomically to ``directory``."""
     import orbax.checkpoint as ocp
@@ -71,63 +71,67 @@ def save_model_dir(directory: str | os.PathLike, config: ModelConfig, params: An
     return target
 
 
-def read_config(directory: str | os.PathLike) -> ModelConfig:
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
+def read_config(directory) -> ModelConfig:
+    path = storage.resolve(directory) / CONFIG_FILE
+    if not path.exists():
         raise FileNotFoundError(
             f"{directory} is not an alexatm_jax model directory: {CONFIG_FILE} is missing. Convert a "
             f"PyTorch checkpoint with `alexatm-jax convert-pytorch SRC DST` or point at a training MODEL_DIR.")
-    return ModelConfig.from_json(path.read_text(encoding="utf-8"))
+    try:
+        return ModelConfig.from_json(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+                         f"restore the file from the run or the conversion that wrote it") from None
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a model config: {error}") from None
 
 
-def tokenizer_path(directory: str | os.PathLike) -> Optional[Path]:
-    path = Path(directory) / TOKENIZER_FILE
-    return path if path.is_file() else None
+def tokenizer_path(directory):
+    path = storage.resolve(directory) / TOKENIZER_FILE
+    return path if path.exists() else None
 
 
-def latest_run_step(directory: str | os.PathLike) -> Optional[int]:
-    """The newest complete step of a training run's CheckpointManager directory (None if there is none)."""
-    root = Path(directory) / RUN_CHECKPOINTS_DIR
-    if not root.is_dir():
-        return None
-    import orbax.checkpoint as ocp
-    with ocp.CheckpointManager(root.absolute()) as manager:
-        return manager.latest_step()
-
-
-def restore_params(directory: str | os.PathLike, abstract_params: Any, step: Optional[int] = None) -> Any:
-    """Restores the parameter tree of either layout onto ``abstract_params`` (a pytree of
-    ``jax.ShapeDtypeStruct``, optionally with shardings: restoring onto any mesh is supported)."""
+def restore_params(directory, abstract_params: Any, step: Optional[int] = None) -> tuple[Optional[int], Any]:
+    """(step, params) from either layout onto ``abstract_params`` (ShapeDtypeStructs, optionally with
+    shardings: restoring onto any mesh works). ``step`` is None for an exported model directory."""
     import orbax.checkpoint as ocp
 
-    directory = Path(directory).absolute()
-    if (directory / PARAMS_DIR).is_dir():
-        with ocp.StandardCheckpointer() as checkpointer:
-            return checkpointer.restore(directory / PARAMS_DIR, abstract_params)
-    step = latest_run_step(directory) if step is None else step
-    if step is None:
+    from alexatm_jax.training import checkpointing
+
+    root = storage.resolve(directory)
+    if (root / PARAMS_DIR).exists():
+        try:
+            with ocp.StandardCheckpointer() as checkpointer:
+                return None, checkpointer.restore(root / PARAMS_DIR, abstract_params)
+        except Exception as error:  # noqa: BLE001  (any read failure of a user's directory)
+            raise checkpointing.CheckpointError(
+                f"the parameters in {root / PARAMS_DIR} cannot be read ({checkpointing.describe_error(error)}); "
+                f"re-export or re-convert the model") from None
+    if not (root / RUN_CHECKPOINTS_DIR).exists():
         raise FileNotFoundError(
             f"No parameters under {directory}: expected {PARAMS_DIR}/ (an exported model) or "
             f"{RUN_CHECKPOINTS_DIR}/<step>/ (a training run with at least one finished checkpoint).")
-    with ocp.CheckpointManager(directory / RUN_CHECKPOINTS_DIR) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
-    return restored["params"]
-
-
-def abstract_params(config: ModelConfig, shardings: Any = None) -> Any:
-    """ShapeDtypeStructs of the model's parameters (unboxed), computed without allocating anything."""
-    import flax.linen as nn
-    from alexatm_jax.model.transformer import AlexaTMTransformer
-
-    model = AlexaTMTransformer(config)
-    tokens = jnp.ones((1, 1), jnp.int32)
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens, enable_dropout=False))
-    shapes = nn.unbox(variables["params"])
-    if shardings is None:
-        return shapes
-    return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                  shapes, shardings)
+    return checkpointing.restore_params(root, abstract_params, step)
 
 
 def cast_params(params: Any, dtype: str) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(x).astype(jnp.dtype(dtype)), params)
+
+
+def abstract_params(config: ModelConfig, shardings: Any = None) -> Any:
+    """ShapeDtypeStructs of ``config``'s parameters (see ``EncoderDecoderModel.abstract_params``)."""
+    from alexatm_jax.models import EncoderDecoderModel
+    return EncoderDecoderModel(config).abstract_params(shardings)
+
+
+def latest_run_step(directory) -> Optional[int]:
+    """The newest committed step of a training run directory (None if it has none)."""
+    from alexatm_jax.training import checkpointing
+
+    if not checkpointing.checkpoint_dir(directory).exists():
+        return None
+    manager = checkpointing.make_manager(directory, read_only=True)
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()

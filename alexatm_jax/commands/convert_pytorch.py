@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -20,10 +22,14 @@ def register(subparsers):
     parser.set_defaults(func=run, scan=False)
 
 
+def _warn(line: str) -> None:
+    print(f"alexatm-jax convert-pytorch: warning: {line}", file=sys.stderr, flush=True)
+
+
 def run(args) -> int:
     from alexatm_jax.checkpoints.convert_pytorch import convert
 
     path = convert(args.source, args.destination, scan_layers=args.scan, param_dtype=args.dtype,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, report=_warn)
     print(f"wrote {path} (scan_layers={args.scan}, dtype={args.dtype}); load it with alexatm_jax.load({str(path)!r})")
     return 0

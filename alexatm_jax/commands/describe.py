@@ -21,6 +21,9 @@ def run(args) -> int:
     from alexatm_jax.model.summary import parameter_counts
     from alexatm_jax.checkpoints.model_dir import read_config
 
+    if os.path.exists(args.model) and not os.path.isdir(args.model):
+        raise ValueError(f"--model {args.model} is a file; give a preset name or a model directory "
+                         f"(the folder holding config.json)")
     config = read_config(args.model) if os.path.isdir(args.model) else get_preset(args.model)
     counts = parameter_counts(config)
     print(f"model {args.model}: d_model={config.d_model} heads={config.num_heads} "

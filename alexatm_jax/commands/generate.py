@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from alexatm_jax.commands import arg_types
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -11,16 +13,17 @@ def register(subparsers):
     parser.add_argument("--checkpoint", required=True, help="model directory (exported or a training MODEL_DIR)")
     parser.add_argument("--prompt", action="append", required=True,
                         help="input text (repeat for a batch); start it with '[CLM] ' for CLM mode")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--length-penalty", type=float, default=0.6, help="T5X brevity alpha (beam search)")
+    parser.add_argument("--max-new-tokens", type=arg_types.positive_int, default=64)
+    parser.add_argument("--num-beams", type=arg_types.positive_int, default=1)
+    parser.add_argument("--length-penalty", type=arg_types.finite_float, default=0.6,
+                        help="T5X brevity alpha (beam search)")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stop", action="append", default=[], help="stop string: output is cut at it "
-                                                                    "(repeatable)")
+    parser.add_argument("--temperature", type=arg_types.positive_float, default=1.0)
+    parser.add_argument("--top-k", type=arg_types.non_negative_int, default=0, help="0: no top-k cut")
+    parser.add_argument("--top-p", type=arg_types.open_unit_interval, default=1.0)
+    parser.add_argument("--seed", type=arg_types.non_negative_int, default=0)
+    parser.add_argument("--stop", action="append", default=[], type=arg_types.non_empty_string,
+                        help="stop string: output is cut at it (repeatable)")
     parser.add_argument("--mesh", help="device mesh, e.g. data=8")
     parser.set_defaults(func=run)
 
@@ -34,32 +37,17 @@ def run(args) -> int:
     import numpy as np
     import alexatm_jax
 
-    mesh = None
-    if args.mesh:
-        from alexatm_jax.partitioning import make_mesh
-        mesh = make_mesh(args.mesh)
-    lm = alexatm_jax.load(args.checkpoint, mesh=mesh)
+    lm = alexatm_jax.load(args.checkpoint, mesh=args.mesh)
     if lm.tokenizer is None:
         raise UserError(f"{args.checkpoint} has no tokenizer.model, so text cannot be tokenised")
     sp = lm.tokenizer
-    clm_id = sp.piece_to_id("[CLM]")
-    rows = []
-    for prompt in args.prompt:
-        # The CLM token goes in as its own id, as the CLM pretraining objective built its inputs.
-        if prompt.startswith("[CLM] ") and sp.id_to_piece(clm_id) == "[CLM]":
-            ids = [clm_id] + sp.encode(prompt[len("[CLM] "):])
-        else:
-            ids = sp.encode(prompt)
-        rows.append(ids + [lm.config.eos_token_id])
+    rows = lm.tokenize(args.prompt)  # the same tokenisation as the evaluation runner and the README
     stops = [sp.encode(s) for s in args.stop if sp.encode(s)]
     options = dict(num_beams=args.num_beams, length_penalty=args.length_penalty, stop_sequences=stops or None)
     if args.sample:
         options.update(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                        rng=jax.random.PRNGKey(args.seed))
-    try:
-        out = lm.generate(rows, max_new_tokens=args.max_new_tokens, **options)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    out = lm.generate(rows, max_new_tokens=args.max_new_tokens, **options)  # its checks name the bad value
     for text in lm.detokenize(np.asarray(out)):
         for stop in args.stop:
             if stop in text:

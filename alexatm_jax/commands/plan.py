@@ -10,6 +10,7 @@ import os
 import sys
 
 from alexatm_jax.cli import UserError
+from alexatm_jax.commands import arg_types
 
 
 def register(subparsers):
@@ -19,13 +20,14 @@ def register(subparsers):
     parser.add_argument("--model", required=True, help="preset: tiny small base large xl 20b")
     parser.add_argument("--mesh", required=True, help="e.g. 'data=2,fsdp=4,tensor=8' (-1 = the rest; then "
                                                       "give --devices)")
-    parser.add_argument("--devices", type=int, default=None, help="device count (default: the mesh's product)")
-    parser.add_argument("--batch", type=int, required=True, help="global batch, in sequences")
-    parser.add_argument("--inputs", type=int, required=True, help="encoder length")
-    parser.add_argument("--targets", type=int, required=True, help="decoder length")
-    parser.add_argument("--device-memory", type=float, default=None, dest="device_memory",
+    parser.add_argument("--devices", type=arg_types.positive_int, default=None,
+                        help="device count (default: the mesh's product)")
+    parser.add_argument("--batch", type=arg_types.positive_int, required=True, help="global batch, in sequences")
+    parser.add_argument("--inputs", type=arg_types.positive_int, required=True, help="encoder length")
+    parser.add_argument("--targets", type=arg_types.positive_int, required=True, help="decoder length")
+    parser.add_argument("--device-memory", type=arg_types.positive_float, default=None, dest="device_memory",
                         help="GiB per device, to say whether it fits")
-    parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument("--microbatches", type=arg_types.positive_int, default=1)
     parser.add_argument("--optimizer", default="adamw", choices=("adamw", "adafactor"))
     parser.add_argument("--remat", default=None, help="override the preset's remat policy "
                                                       "(none full dots dots_with_no_batch_dims)")
@@ -46,6 +48,35 @@ def _device_count(mesh: str, devices) -> int:
     if -1 in sizes:
         raise UserError("--mesh uses -1: also give --devices N so the plan knows how many devices there are")
     return math.prod(sizes) if sizes else 1
+
+
+def _check_layout(config, args, count: int) -> None:
+    """The mesh spec, the batch and the lengths against the model, from shapes alone (no devices needed):
+    the checks ``planning.plan`` makes, made before the device count matters."""
+    import types
+
+    from alexatm_jax import partitioning
+    from alexatm_jax.models import EncoderDecoderModel
+
+    sizes = partitioning.parse_mesh_spec(args.mesh, count)
+    problems = []
+    data_parallel = sizes["data"] * sizes["fsdp"]
+    if args.batch % args.microbatches or (args.batch // args.microbatches) % data_parallel:
+        problems.append(f"--batch {args.batch} / --microbatches {args.microbatches} must be divisible by data x fsdp "
+                        f"= {data_parallel}")
+    for name, length in (("inputs", args.inputs), ("targets", args.targets)):
+        if length > config.max_position_embeddings:
+            problems.append(f"--{name} {length} exceeds the model's {config.max_position_embeddings} positions")
+    # Partitioner.divisibility_problems reads only .rules and .mesh.shape: a stand-in needs no devices.
+    stand_in = types.SimpleNamespace(rules=partitioning.rules_from_pairs(partitioning.DEFAULT_RULES),
+                                     mesh=types.SimpleNamespace(shape=sizes))
+    model = EncoderDecoderModel(config)
+    problems += partitioning.Partitioner.divisibility_problems(stand_in, model.abstract_params(),
+                                                               model.param_logical_specs())
+    if problems:
+        raise UserError(f"--mesh {args.mesh!r} cannot lay out {args.model}: " + "; ".join(problems[:6])
+                        + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+                        + ". Change the mesh sizes (e.g. a tensor axis that divides num_heads), the batch or the lengths.")
 
 
 def run(args) -> int:
@@ -69,6 +100,7 @@ def run(args) -> int:
     if args.dtype:
         changes["dtype"] = args.dtype
     config = config.replace(**changes)
+    _check_layout(config, args, count)  # before devices: a mistake is named even where JAX has too few
     devices = jax.devices()
     if len(devices) < count:
         raise UserError(f"the plan needs {count} devices but JAX has {len(devices)}; run it in a fresh process "

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import logging
 import os
 import re
 import sys
 
 from alexatm_jax.cli import UserError
+from alexatm_jax.data import text_files
 
-# The macros of the issue (T5X names) and the model files' MODEL_PRESET.
+# T5X's macro names, the model files' MODEL_NAME and the fine-tuning run's INIT_FROM.
 KNOWN_MACROS = ("MODEL_DIR", "TRAIN_STEPS", "BATCH_SIZE", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "MESH",
-                "LOG_EVERY_STEPS", "MODEL_PRESET")
+                "LOG_EVERY_STEPS", "MODEL_NAME", "INIT_FROM")
 _MACRO_DEF = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=", re.MULTILINE)
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,8 +48,8 @@ class _GinFlagsParser(argparse.ArgumentParser):
             if arg.startswith("--gin."):
                 name, eq, value = arg[len("--gin."):].partition("=")
                 if not eq:
-                    if i + 1 >= len(args):
-                        raise UserError(f"{arg} has no value: write --gin.{name}=VALUE")
+                    if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                        self.error(f"{arg} has no value: write --gin.{name}=VALUE")
                     i, value = i + 1, args[i + 1]
                 bindings.append((name, value))
             else:
@@ -82,12 +85,14 @@ def register(subparsers):
 
 
 def _resolve(path: str, search: list[str]) -> str:
+    if os.path.isdir(path):
+        raise UserError(f"gin file {path!r} is a directory; give a .gin file, e.g. {path.rstrip('/')}/tiny.gin")
     if os.path.exists(path):
         return os.path.abspath(path)
     for directory in search:
         for candidate in (os.path.join(directory, path),
                           os.path.join(directory, path.split("gin_configs/", 1)[-1])):
-            if os.path.exists(candidate):
+            if os.path.isfile(candidate):
                 return os.path.abspath(candidate)
     raise UserError(f"gin file {path!r} not found (looked in the current directory and {search}); "
                     f"the repository's files are under {REPO_GIN_DIR}")
@@ -105,13 +110,29 @@ def _literal(value: str) -> str:
         return repr(stripped)
 
 
+@contextlib.contextmanager
+def _quiet_gin_package_lookup():
+    """gin looks for every ``include`` as a Python-package resource before its search path and logs an ERROR
+    ("Path not found") for each miss, although the search path then finds the file: drop those lines only."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.filename == "resource_reader.py" and record.getMessage().startswith("Path not found"))
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def parse_gin(gin_files: list[str], bindings: list[tuple[str, str]], search_paths: list[str]) -> None:
     """Parses files and bindings into gin's global config, checking macro names first."""
     import importlib.util  # noqa: F401  (gin 0.5's include lookup uses it without importing it)
 
     import gin
 
-    import alexatm_jax.training.trainer  # noqa: F401  (registers the `train` configurable)
+    import alexatm_jax.data.tasks  # noqa: F401  (registers alexatm_mixture, read by data/alexatm_mixture.gin)
+    import alexatm_jax.training.trainer  # noqa: F401  (registers `train`, ModelConfig and the run's configs)
 
     search = [os.getcwd()] + list(search_paths) + [REPO_GIN_DIR]
     files = [_resolve(f, search) for f in gin_files]
@@ -120,45 +141,52 @@ def parse_gin(gin_files: list[str], bindings: list[tuple[str, str]], search_path
                         "--gin_file=gin_configs/models/tiny.gin --gin_file=gin_configs/runs/pretrain.gin")
     defined = set(KNOWN_MACROS)
     for path in files:
-        defined.update(_MACRO_DEF.findall(open(path, encoding="utf-8").read()))
+        with text_files.named_read_errors(path), open(path, encoding="utf-8") as f:
+            defined.update(_MACRO_DEF.findall(f.read()))
     lines = []
     for name, value in bindings:
         if not re.fullmatch(r"[A-Za-z_][\w.]*(/[\w.]+)*", name):
             raise UserError(f"--gin.{name}: not a gin name (MACRO or configurable.parameter)")
         if "." not in name and "/" not in name and name not in defined:
             raise UserError(f"unknown macro --gin.{name}; known macros: {sorted(defined)}. "
-                            "Bind parameters as --gin.train.NAME=VALUE.")
+                            "Bind parameters as --gin.CONFIGURABLE.NAME=VALUE (e.g. --gin.OptimizerConfig."
+                            "learning_rate=3e-4, --gin.ModelConfig.dropout_rate=0.0).")
         lines.append(f"{name} = {_literal(value)}")
     for directory in search:
         gin.add_config_file_search_path(directory)
     try:
-        gin.parse_config_files_and_bindings(files, lines, finalize_config=False)
-    except (ValueError, KeyError, NameError, ImportError, SyntaxError) as error:
+        with _quiet_gin_package_lookup():
+            gin.parse_config_files_and_bindings(files, lines, finalize_config=False)
+    except (ValueError, KeyError, NameError, ImportError, SyntaxError, OSError) as error:
         raise UserError(f"bad gin configuration: {error}") from None
-    if "MODEL_PRESET" not in _bound_macros(gin):
+    try:
+        gin.query_parameter("train.model_config")
+    except ValueError:
         raise UserError("no model file among the gin files: add --gin_file=gin_configs/models/<preset>.gin "
-                        "(tiny, small, base, large, xl, 20b)")
-
-
-def _bound_macros(gin) -> set:
-    text = gin.config_str()
-    return set(_MACRO_DEF.findall(text)) | {m.group(1) for m in re.finditer(r"^([A-Z][A-Z0-9_]*)/macro\.value",
-                                                                             text, re.MULTILINE)}
+                        "(tiny, small, base, large, xl, 20b)") from None
 
 
 def run(args) -> int:
     import gin
 
     gin.clear_config()
+    try:
+        return _parse_and_train(args)
+    finally:
+        # The bindings belong to this command: a later train() or gin user in the same process (a notebook,
+        # a test) must not inherit them.
+        gin.clear_config()
+
+
+def _parse_and_train(args) -> int:
     parse_gin(args.gin_file, args.gin_bindings, args.gin_search_path)
     from alexatm_jax.training import distributed
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     from alexatm_jax.training import trainer
     try:
+        # Configuration problems (ValueErrors the package raises) reach the CLI's error boundary, which words
+        # them without gin's "In call to configurable ..." suffix; other exceptions are bugs and keep tracebacks.
         result = trainer.train()
-    except ValueError as error:  # configuration problems found before compiling
-        # gin appends "In call to configurable ..." to the message: not useful to a user.
-        raise UserError(str(error).split("\n  In call to configurable")[0]) from None
     except trainer.TrainingError as error:
         print(f"alexatm-jax train: {error}", file=sys.stderr)
         return 3

@@ -2,7 +2,8 @@
 ``scripts/build_bundled_data.py`` from ``../shared/data``; tests and the demo read only these copies).
 
 Layout: ``pretrain/{train,validation}/<lang>.jsonl.gz`` (records ``{"id","lang","source","text"}``),
-``heldout/{udhr_parallel,debian_translation,debian_summarization}.jsonl``, ``spm/alexatm_demo.model``,
+``heldout/{udhr_parallel,debian_translation,debian_summarization}.jsonl``, labelled NLU data
+``nlu/<name>.jsonl.gz`` (``debian_section``: see ``alexatm_jax.data.debian_labels``), ``spm/alexatm_demo.model``,
 ``manifest.json`` (counts per language and split; the mixture's language rates come from its token counts).
 """
 
@@ -17,6 +18,7 @@ BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled"
 LANGS = ("ar", "en", "fr", "de", "hi", "it", "ja", "mr", "pt", "es", "ta", "te")
 PRETRAIN_SPLITS = ("train", "validation")
 HELDOUT_NAMES = ("udhr_parallel", "debian_translation", "debian_summarization")
+NLU_NAMES = ("debian_section",)
 
 
 def _require(path: str) -> str:
@@ -33,6 +35,13 @@ def heldout_path(name: str) -> str:
     if name not in HELDOUT_NAMES:
         raise ValueError(f"unknown held-out set {name!r}: choose one of {', '.join(HELDOUT_NAMES)}")
     return _require(os.path.join(BUNDLED_DIR, "heldout", name + ".jsonl"))
+
+
+def nlu_path(name: str) -> str:
+    """Path of a labelled NLU set (``debian_section``): records of ``alexatm_jax.data.debian_labels``."""
+    if name not in NLU_NAMES:
+        raise ValueError(f"unknown NLU set {name!r}: choose one of {', '.join(NLU_NAMES)}")
+    return _require(os.path.join(BUNDLED_DIR, "nlu", name + ".jsonl.gz"))
 
 
 def pretrain_paths(split: str = "train") -> Dict[str, str]:

@@ -27,6 +27,12 @@ with one document per line; or a TFDS dataset such as ``c4/multilingual`` / ``wi
 
 Language sizes for the n^alpha rates default to the number of input examples of each source (pass
 ``sizes={lang: tokens}`` to weight by tokens, as the bundled mixture does from its manifest).
+
+Corpora held in memory (the bundled one, ``files_source``) are tokenized once per process and shard, and every
+example is computed from its position (``ObjectiveTask``, ``preprocessors.PositionalExamples``): documents are
+reordered each epoch without shuffle buffers, and the training pipeline resumes such mixtures exactly from a
+few counters, however often a job is restarted. TFDS sources go through seqio's own pipeline instead (shuffle
+buffer, ``pack_documents``); the training pipeline resumes them by replaying.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from alexatm_jax.data import bundled, preprocessors, vocab as vocab_lib
+from alexatm_jax.data import bundled, preprocessors, text_files, vocab as vocab_lib
 
 LANGS = bundled.LANGS
 LANG_IDS = {lang: i for i, lang in enumerate(LANGS)}
@@ -52,15 +58,18 @@ PREFIX = "alexatm_demo"
 
 # ------------------------------------------------------------------------------------------- sources
 class InMemoryTextSource(seqio.DataSource):
-    """Documents ``{"text": str}`` held in memory, sharded by record index, then shuffled with the seed.
+    """Documents ``{"text": str}`` held in memory, sharded by record index (record ``i`` belongs to shard
+    ``i % num_shards``), so processes with any seeds read disjoint records.
 
-    Sharding comes before shuffling so that processes with any seeds read disjoint records. ``loader(split)``
-    returns the list of texts; it runs once per split (cached).
+    ``loader(split)`` returns the list of texts; it runs once per split (cached). The source has random
+    access: ``token_table`` tokenizes a shard once (cached), and the tasks built on it (``ObjectiveTask``)
+    turn the table into examples by position, reordering documents every epoch without a shuffle buffer.
     """
 
     def __init__(self, loader: Callable[[str], List[str]], splits: Sequence[str], description: str):
         self._loader = loader
         self._cache: Dict[str, List[str]] = {}
+        self._tables: Dict[tuple, tuple] = {}
         self._description = description
         super().__init__(splits=splits, num_input_examples=None, caching_permitted=False)
 
@@ -84,23 +93,50 @@ class InMemoryTextSource(seqio.DataSource):
     def list_shards(self, split: str) -> Sequence[str]:
         return [split]
 
+    def shard_texts(self, split: str, shard_info: Optional[seqio.ShardInfo]) -> List[str]:
+        """The texts of one shard, in record order: records ``index, index + num_shards, ...``."""
+        texts = self.texts(split)
+        index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+        if count > len(texts):
+            raise ValueError(f"{self._description} split {split!r} has {len(texts)} documents, fewer than the "
+                             f"{count} shards requested: use fewer processes or more data")
+        return texts[index::count]
+
+    def token_table(self, split: str, shard_info: Optional[seqio.ShardInfo], vocabulary) -> preprocessors.TokenTable:
+        """One shard's documents tokenized with ``vocabulary`` (no EOS), cached per (split, shard, vocabulary)."""
+        index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+        key = (split, index, count, id(vocabulary))
+        if key not in self._tables:
+            table = preprocessors.TokenTable.from_lists(tokenize_texts(vocabulary, self.shard_texts(split, shard_info)))
+            self._tables[key] = (vocabulary, table)  # the vocabulary keeps its id from being reused while cached
+        return self._tables[key][1]
+
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
                     shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None, use_cached=False,
                     num_epochs=1) -> tf.data.Dataset:
-        texts = self.texts(split)
-        if shard_info and shard_info.num_shards > len(texts):
-            raise ValueError(f"{self._description} split {split!r} has {len(texts)} documents, fewer than the "
-                             f"{shard_info.num_shards} shards requested: use fewer processes or more data")
-        # Shuffle record indices, not strings: shuffle buffers then hold int64s, which keeps the
-        # checkpointed iterator state (BatchIterator.state) small.
+        """One pass over the shard's ``{"text"}`` records (seqio's source interface), in a random order chosen
+        by ``seed`` when ``shuffle``."""
+        texts = self.shard_texts(split, shard_info)
         table = tf.constant(texts, tf.string)
-        ds = tf.data.Dataset.range(len(texts))
-        if shard_info and shard_info.num_shards > 1:
-            ds = ds.shard(shard_info.num_shards, shard_info.index)
-        if shuffle:
-            ds = ds.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(lambda i: {"text": tf.gather(table, i)})
-        return ds
+        order_seed = preprocessors.stream_seed(seed, self._description, split, shard_info, shuffle)
+        size = len(texts)
+
+        def record(index):
+            if shuffle:
+                index = preprocessors.permutation(index, size, order_seed, tf.constant(0, tf.int64))
+            return {"text": tf.gather(table, index)}
+
+        return tf.data.Dataset.range(size).map(tf.autograph.experimental.do_not_convert(record),
+                                               num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def tokenize_texts(vocabulary, texts: Sequence[str]) -> List[List[int]]:
+    """``texts`` as token ids (no EOS), as seqio's ``tokenize`` preprocessor would give them. A SentencePiece
+    vocabulary encodes the whole list in one call of its C++ tokenizer (the same model that seqio's
+    TensorFlow op runs)."""
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        return vocabulary.tokenizer.encode(list(texts), out_type=int)
+    return [list(vocabulary.encode(text)) for text in texts]
 
 
 def _load_bundled(lang: str, split: str) -> List[str]:
@@ -129,7 +165,7 @@ def read_text_files(pattern: str, text_key: str = "text") -> List[str]:
     for path in paths:
         opener = gzip.open if path.endswith(".gz") else open
         is_jsonl = path.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz"))
-        with opener(path, "rt", encoding="utf-8") as f:
+        with text_files.named_read_errors(path), opener(path, "rt", encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -169,7 +205,11 @@ def tfds_source(tfds_name: str, splits: Optional[Mapping[str, str]] = None, data
 
 
 class _RenamedTfdsSource(seqio.TfdsDataSource):
-    """TfdsDataSource whose documents come out as ``{"text": ...}`` whatever the dataset calls them."""
+    """TfdsDataSource whose documents come out as ``{"text": ...}`` whatever the dataset calls them.
+
+    No random access: its tasks use seqio's own pipeline (a shuffle buffer), and the training pipeline resumes
+    them by replaying (``pipeline.BatchIterator.restore``).
+    """
 
     def __init__(self, tfds_name, splits, tfds_data_dir, text_key):
         super().__init__(tfds_name=tfds_name, splits=splits, tfds_data_dir=tfds_data_dir)
@@ -197,15 +237,23 @@ def output_features(vocabulary=None) -> Dict[str, seqio.Feature]:
 
 
 # ------------------------------------------------------------------- objective preprocessing chains
+def _chunk_length(sequence_length: Mapping[str, int], objective: str) -> int:
+    """Tokens per packed chunk for a packing objective (denoise, span corruption, UL2 R/X)."""
+    if objective == "denoise":
+        return preprocessors.denoise_chunk_length(sequence_length)
+    _, mean, density = preprocessors.UL2_MODES.get(objective, (None, 3.0, 0.15))
+    prefix = 1 if objective.startswith("ul2") else 0
+    return preprocessors.span_corruption_chunk_length(sequence_length, density, mean, prefix)
+
+
+def _is_prefix_lm(objective: str) -> bool:
+    """CLM and UL2's S mode read one document piece per example; the others read packed chunks."""
+    return objective in ("clm", "ul2_s")
+
+
 def _pack(dataset, sequence_length, output_features, objective):
     ids = vocab_lib.special_token_ids(output_features["targets"].vocabulary)
-    if objective == "denoise":
-        length = preprocessors.denoise_chunk_length(sequence_length)
-    else:
-        _, mean, density = preprocessors.UL2_MODES.get(objective, (None, 3.0, 0.15))
-        prefix = 1 if objective.startswith("ul2") else 0
-        length = preprocessors.span_corruption_chunk_length(sequence_length, density, mean, prefix)
-    return preprocessors.pack_documents(dataset, length, ids["doc"])
+    return preprocessors.pack_documents(dataset, _chunk_length(sequence_length, objective), ids["doc"])
 
 
 def _split_for_prefix_lm(dataset, sequence_length):
@@ -213,33 +261,72 @@ def _split_for_prefix_lm(dataset, sequence_length):
         dataset, preprocessors.clm_piece_length(sequence_length)))
 
 
-def _objective(dataset, output_features, objective):
-    ids = vocab_lib.special_token_ids(output_features["targets"].vocabulary)
+def objective_function(objective: str, vocabulary) -> Callable:
+    """``fn(tokens [n], seed [2]) -> {"inputs", "targets"[, "num_spans"]}`` for ``objective``."""
+    ids = vocab_lib.special_token_ids(vocabulary)
     if objective == "denoise":
-        return preprocessors.alexatm_denoise(dataset)
+        return preprocessors.denoise_example
     if objective == "clm":
-        return preprocessors.alexatm_clm(dataset, ids["clm"])
+        return functools.partial(preprocessors.clm_example, clm_token_id=ids["clm"])
     if objective == "span_corruption":
-        return preprocessors.t5_span_corruption(dataset, ids["sentinels"][0])
+        return functools.partial(preprocessors.span_corruption_example, first_sentinel_id=ids["sentinels"][0])
     token, mean, density = preprocessors.UL2_MODES[objective]
     mode_id = ids[token.strip("[]").lower()]
     if objective == "ul2_s":
-        return preprocessors.prefix_lm(dataset, mode_id)
-    return preprocessors.t5_span_corruption(dataset, ids["sentinels"][0], density, mean, prefix_token_id=mode_id)
+        return functools.partial(preprocessors.clm_example, clm_token_id=mode_id)
+    return functools.partial(preprocessors.span_corruption_example, first_sentinel_id=ids["sentinels"][0],
+                             noise_density=density, mean_noise_span_length=mean, prefix_token_id=mode_id)
+
+
+_STEPS: Dict[tuple, tuple] = {}
+
+
+def objective_step(objective: str, features: Mapping[str, seqio.Feature],
+                   sequence_length: Mapping[str, int]) -> Callable:
+    """``step(example, params, position)`` for ``preprocessors.PositionalExamples.then``: the objective on
+    ``example["targets"]`` (a chunk or piece), seeded by (``params["noise_seed"]``, position), EOS after
+    trimming, and the labels (``params["lang_id"]``). One function object per (objective, vocabulary, lengths),
+    so the tasks of every language share one traced graph."""
+    key = (objective, id(features["inputs"].vocabulary), id(features["targets"].vocabulary),
+           tuple(sorted(sequence_length.items())))
+    if key not in _STEPS:
+        fn = objective_function(objective, features["targets"].vocabulary)
+
+        # A tf.function, so that seqio's per-task datasets (statistics, seqio mixtures) trace it once too.
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int64)],
+                     autograph=False)
+        def apply(tokens, seed):
+            ex = dict(fn(tokens, seed))
+            ex.setdefault("num_spans", tf.constant(0, tf.int32))
+            return preprocessors.eos_after_trim(ex, features, sequence_length)
+
+        def step(example, params, position):
+            ex = apply(example["targets"], preprocessors.seed_pair(params["noise_seed"], position))
+            return preprocessors.with_labels(ex, objective, params["lang_id"])
+
+        _STEPS[key] = (features, step)  # the features keep the ids in the key from being reused
+    return _STEPS[key][1]
+
+
+def _objective(dataset, output_features, objective):
+    fn = objective_function(objective, output_features["targets"].vocabulary)
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def apply(ex, seed):
+        return dict(ex, **fn(ex["targets"], seed))
+
+    return apply(dataset)
 
 
 def objective_preprocessors(objective: str, lang: str) -> list:
-    """The seqio preprocessor list for one objective and language (after the source's ``{"text"}``)."""
-    if objective not in preprocessors.OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}: choose from {', '.join(preprocessors.OBJECTIVES)}")
-    if lang not in LANG_IDS:
-        raise ValueError(f"unknown language {lang!r}: supported languages are {' '.join(LANGS)}")
-    prefix_lm = objective in ("clm", "ul2_s")
+    """The seqio preprocessor list for one objective and language (after the source's ``{"text"}``). Tasks on
+    in-memory sources compute the same examples by position instead (``ObjectiveTask``)."""
+    _check_objective(objective, lang)
 
     def pack(dataset, sequence_length, output_features):
         if sequence_length is None:
             raise ValueError("these tasks need sequence_length={'inputs': N, 'targets': M}")
-        if prefix_lm:
+        if _is_prefix_lm(objective):
             return _split_for_prefix_lm(dataset, sequence_length)
         return _pack(dataset, sequence_length, output_features, objective)
 
@@ -256,16 +343,58 @@ def objective_preprocessors(objective: str, lang: str) -> list:
     ]
 
 
+def _check_objective(objective: str, lang: str) -> None:
+    if objective not in preprocessors.OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}: choose from {', '.join(preprocessors.OBJECTIVES)}")
+    if lang not in LANG_IDS:
+        raise ValueError(f"unknown language {lang!r}: supported languages are {' '.join(LANGS)}")
+
+
 def task_name(prefix: str, objective: str, lang: str) -> str:
     return f"{prefix}_{objective}_{lang}"
 
 
+class ObjectiveTask(preprocessors.PositionalTask):
+    """One objective on one language. On an ``InMemoryTextSource`` its examples are computed by position: the
+    shard's token table -> a packed chunk (``preprocessors.packed_chunks``) or a document piece
+    (``document_pieces``) -> the objective, seeded by the position -> labels, EOS after trimming. The same steps
+    as ``objective_preprocessors``, which other sources (TFDS) go through in seqio's own pipeline."""
+
+    def __init__(self, *args, objective: str, lang: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective, self.lang = objective, lang
+
+    @property
+    def supports_positions(self) -> bool:
+        return isinstance(self.source, InMemoryTextSource)
+
+    def positional_examples(self, split, sequence_length, shard_info, shuffle, seed):
+        if sequence_length is None:
+            raise ValueError("these tasks need sequence_length={'inputs': N, 'targets': M}")
+        vocabulary = self.output_features["targets"].vocabulary
+        table = self.source.token_table(split, shard_info, vocabulary)
+        stream_seed = self.stream_seed(seed, split, shard_info, shuffle)
+        if _is_prefix_lm(self.objective):
+            pieces = preprocessors.document_pieces(table, preprocessors.clm_piece_length(sequence_length),
+                                                   shuffle=shuffle, seed=stream_seed)
+        else:
+            pieces = preprocessors.packed_chunks(table, _chunk_length(sequence_length, self.objective),
+                                                 vocab_lib.special_token_ids(vocabulary)["doc"], shuffle=shuffle,
+                                                 seed=stream_seed)
+        return pieces.then(objective_step(self.objective, self.output_features, sequence_length),
+                           noise_seed=preprocessors.derive_seed(stream_seed, "noise"), lang_id=LANG_IDS[self.lang])
+
+
 def register_task(name: str, source: seqio.DataSource, objective: str, lang: str, vocabulary=None,
                   shuffle_buffer_size: int = 32) -> seqio.Task:
+    """One objective on one language (an ``ObjectiveTask``). ``shuffle_buffer_size`` only matters for sources
+    without random access (TFDS), whose examples go through seqio's shuffle buffer."""
+    _check_objective(objective, lang)
     seqio.TaskRegistry.remove(name)
-    return seqio.TaskRegistry.add(name, source=source, preprocessors=objective_preprocessors(objective, lang),
-                                  output_features=output_features(vocabulary),
-                                  shuffle_buffer_size=shuffle_buffer_size)
+    return seqio.TaskRegistry.add(name, task_cls=ObjectiveTask, source=source,
+                                  preprocessors=objective_preprocessors(objective, lang),
+                                  output_features=output_features(vocabulary), shuffle_buffer_size=shuffle_buffer_size,
+                                  objective=objective, lang=lang)
 
 
 # ------------------------------------------------------------------------------------------- mixtures
@@ -356,3 +485,6 @@ def register_bundled(vocabulary=None) -> None:
 
 
 register_bundled()
+
+# Labelled fine-tuning tasks (debian_section, debian_section_<lang>) register with the rest.
+from alexatm_jax.data import nlu_tasks  # noqa: E402,F401

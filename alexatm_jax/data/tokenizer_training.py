@@ -54,8 +54,7 @@ def train_sentencepiece(texts_by_lang: Mapping[str, Sequence[str]], model_prefix
     if not texts_by_lang:
         raise ValueError("no text to train the tokenizer on: all documents are empty")
     repeats = language_repeats({lang: sum(map(len, texts)) for lang, texts in texts_by_lang.items()}, alpha)
-    out_dir = os.path.dirname(os.path.abspath(model_prefix))
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = prepare_output_prefix(model_prefix)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".spm-") as tmp:
         corpus = os.path.join(tmp, "corpus.txt")
         with open(corpus, "w", encoding="utf-8") as f:
@@ -78,6 +77,23 @@ def train_sentencepiece(texts_by_lang: Mapping[str, Sequence[str]], model_prefix
         for ext in (".model", ".vocab"):
             os.replace(tmp_prefix + ext, model_prefix + ext)
     return model_prefix + ".model"
+
+
+def prepare_output_prefix(model_prefix: str) -> str:
+    """Creates the folder of ``model_prefix`` and returns it; a ``ValueError`` naming the prefix when it is a
+    directory or its folder cannot be created or written (checked before any text is read or trained on)."""
+    if not os.path.basename(model_prefix) or os.path.isdir(model_prefix):
+        raise ValueError(f"{model_prefix!r} is a directory; give a file prefix such as "
+                         f"{os.path.join(model_prefix, 'spm')!r} (writes .model and .vocab with it)")
+    out_dir = os.path.dirname(os.path.abspath(model_prefix))
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the folder {out_dir} for {model_prefix}.model: "
+                         f"{error.strerror or error}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise ValueError(f"cannot write {model_prefix}.model: the folder {out_dir} is not writable")
+    return out_dir
 
 
 def _strip_paths(model_path: str, name: str) -> None:

@@ -31,7 +31,43 @@ def get_vocabulary(path: Optional[str] = None, extra_ids: int = DEFAULT_EXTRA_ID
                                 "`alexatm-jax train-tokenizer` or omit the path for the bundled model")
     if extra_ids < 0:
         raise ValueError(f"extra_ids must be >= 0, got {extra_ids}")
+    _check_sentencepiece(path)  # seqio loads the model lazily, deep inside the pipeline; fail here instead
     return _cached_vocabulary(path, int(extra_ids))
+
+
+@functools.lru_cache(maxsize=16)
+def _check_sentencepiece(path: str) -> None:
+    load_sentencepiece(path)
+
+
+def load_sentencepiece(path):
+    """A ``sentencepiece.SentencePieceProcessor`` for the model file ``path`` (local or a URL that
+    ``alexatm_jax.storage`` reads), or a ``ValueError`` naming the file when it is not a SentencePiece model
+    (``FileNotFoundError`` when it does not exist). Read as bytes, so remote directories work too."""
+    import sentencepiece as spm
+
+    from alexatm_jax import storage
+
+    resolved = storage.resolve(path)
+    try:
+        proto = resolved.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"SentencePiece model {path} not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a SentencePiece model file (.model)") from None
+    fix = "use the .model file the model was trained with, or train one with `alexatm-jax train-tokenizer`"
+    if not proto:
+        raise ValueError(f"{path} is empty, not a SentencePiece model; {fix}")
+    try:
+        processor = spm.SentencePieceProcessor(model_proto=proto)
+    except (RuntimeError, OSError) as error:
+        reason = str(error).strip().removeprefix("INTERNAL: ") or type(error).__name__
+        if "ParseFromArray" in reason or "could not parse" in reason:
+            reason = "it does not parse as a SentencePiece model protobuf"
+        raise ValueError(f"{path} is not a SentencePiece model ({reason}); {fix}") from None
+    if processor.get_piece_size() <= 0:
+        raise ValueError(f"{path} is a SentencePiece model with no pieces; {fix}")
+    return processor
 
 
 def special_token_ids(vocab) -> dict:

@@ -40,7 +40,7 @@ LANGUAGE_NAMES = {
     "ru": "Russian",
 }
 
-KINDS = ("generate", "rank_classification")
+KINDS = ("generate", "rank_classification", "retrieval")
 MODES = ("clm", "denoising")
 SELECTIONS = ("first", "random")
 
@@ -52,7 +52,7 @@ _DEFAULTS: dict[str, Any] = {
              "filter": {}, "skip_missing": False},
     "prompt": {"mode": "clm", "clm_token": "[CLM]", "template": None, "target_prefix": " ",
                "example_separator": "\n"},
-    "shots": {"selection": "first", "seed": 0, "max_words": None},
+    "shots": {"selection": "first", "seed": 0, "max_words": None, "max_words_field": "source"},
     "truncate": None,
     "postprocess": {"cut_at": None, "strip": True},
     "decoding": {"max_new_tokens": 64, "num_beams": 1},
@@ -160,7 +160,9 @@ def _validate(card: TaskCard):
     if card.data["format"] not in loaders.FORMATS:
         problems.append(f"data.format={card.data['format']!r} is not one of {loaders.FORMATS}")
     fields = card.data["fields"]
-    needed = ("target",) if card.kind == "generate" else ("label",)
+    # retrieval: ``text`` is a field path with a ``{lang}`` placeholder (e.g. ``texts.{lang}``), filled with
+    # each language in turn (see ``evaluation.retrieval``).
+    needed = {"generate": ("target",), "rank_classification": ("label",), "retrieval": ("text",)}.get(card.kind, ())
     for field in needed:
         if field not in fields:
             problems.append(f"data.fields.{field} is missing (which record value is the {field})")
@@ -172,6 +174,12 @@ def _validate(card: TaskCard):
     if card.kind == "rank_classification":
         if not isinstance(card.choices, dict) or not card.choices:
             problems.append("rank_classification needs 'choices': a mapping label value -> choice text")
+    elif card.kind == "retrieval":
+        if "{lang}" not in fields.get("text", "{lang}"):
+            problems.append("retrieval needs data.fields.text with a {lang} placeholder, e.g. texts.{lang}")
+        if any(metric != "accuracy" for metric in card.metrics):
+            problems.append(f"retrieval scores nearest-neighbour accuracy only; metrics {card.metrics} must be "
+                            f"[accuracy] or left out")
     else:
         for metric in card.metrics:
             if metric not in metric_lib.METRIC_NAMES or metric == "accuracy":

@@ -13,15 +13,22 @@ values of a record fill the prompt. Formats:
   ``validation.jsonl``, ``test.jsonl`` (any subset) or one file.
 * ``mlsum``: MLSum's JSON lines (``{"text", "summary", "title", "url", "date", "topic"}``), a folder with
   ``<lang>_train.jsonl``, ``<lang>_val.jsonl``, ``<lang>_test.jsonl``; records get ``lang``.
+* ``massive``: the MASSIVE release folder (``1.0/data/<locale>.jsonl``, or that data folder itself) or one
+  ``<locale>.jsonl``; the card's ``locale`` param picks the file; records as ``evaluation.massive.load``
+  gives them (``split`` = partition, plus ``words``, ``tags``, ``t2t_input``, ``t2t_target``).
+* ``debian_labels``: Debian descriptions labelled with their section and debtags (``data.debian_labels``): the
+  bundled split when the location is ``bundled`` (or unset), else a JSON-lines file of ``{"lang", "summary",
+  "description", "section", "tags"?}`` checked line by line; records get ``facets`` ({facet: its one value}).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
-FORMATS = ("bundled", "jsonl", "flores101", "xsum", "mlsum")
+from alexatm_jax.data import text_files
+
+FORMATS = ("bundled", "jsonl", "flores101", "xsum", "mlsum", "massive", "debian_labels")
 
 # Flores-101 uses ISO 639-3 file names; Flores-200 adds the script. Arabic is Modern Standard Arabic.
 FLORES_CODES = {
@@ -35,21 +42,11 @@ FLORES_CODES = {
 def read_jsonl(path: str, split: Optional[str] = None) -> list[dict]:
     """Records of a JSON-lines file; ``split`` (if given) is set on records that have none."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}); expected one JSON object "
-                                 f"per line") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number} is a JSON {type(record).__name__}, expected an object")
-            record.setdefault("id", f"{os.path.basename(path)}:{number}")
-            if split is not None:
-                record.setdefault("split", split)
-            records.append(record)
+    for _, number, record in text_files.json_lines(path):
+        record.setdefault("id", f"{os.path.basename(path)}:{number}")
+        if split is not None:
+            record.setdefault("split", split)
+        records.append(record)
     return records
 
 
@@ -71,7 +68,7 @@ def load_flores(directory: str) -> list[dict]:
             for code in codes:
                 path = os.path.join(folder, f"{code}.{split}")
                 if os.path.exists(path):
-                    with open(path, encoding="utf-8") as f:
+                    with text_files.named_read_errors(path), open(path, encoding="utf-8") as f:
                         columns[lang] = [line.rstrip("\n") for line in f]
                     break
         if not columns:
@@ -123,10 +120,35 @@ def load_mlsum(path: str) -> list[dict]:
     return records
 
 
-def load_records(data_format: str, location: Optional[str]) -> list[dict]:
-    """Records of ``location`` read as ``data_format`` (see the module docstring)."""
+def is_bundled_source(data_format: str, location: Optional[str]) -> bool:
+    """Whether a card's data is shipped with the repository (a user's file without splits then takes its
+    shots from it)."""
+    return bool(location) if data_format == "bundled" else (
+        data_format == "debian_labels" and location in (None, "bundled"))
+
+
+def load_debian_labels(location: Optional[str]) -> list[dict]:
+    """The bundled Debian section split (``location`` ``bundled`` or None) or a user's checked JSON lines."""
+    from alexatm_jax.data import debian_labels
+
+    if location in (None, "bundled"):
+        records = debian_labels.bundled_records()
+    else:
+        records = debian_labels.read_records(location)
+    return debian_labels.with_facets(records)
+
+
+def load_records(data_format: str, location: Optional[str], params: Optional[dict] = None) -> list[dict]:
+    """Records of ``location`` read as ``data_format`` (see the module docstring); ``params`` are the card's
+    (MASSIVE reads only the file of ``params['locale']``)."""
     if data_format not in FORMATS:
         raise ValueError(f"Unknown data format {data_format!r}; choose one of {', '.join(FORMATS)}")
+    if data_format == "massive":  # its own message when --data is missing: the data cannot be downloaded
+        from alexatm_jax.evaluation import massive
+
+        return massive.load(location, (params or {}).get("locale", massive.DEFAULT_LOCALE))
+    if data_format == "debian_labels":
+        return load_debian_labels(location)
     if location is None:
         raise ValueError(f"This task reads {data_format} data but no location is set: pass --data PATH "
                          f"(or set data.path in the task card)")

@@ -18,7 +18,8 @@ import os
 import unicodedata
 from typing import Callable, Optional, Sequence
 
-METRIC_NAMES = ("bleu", "chrf", "chrf++", "spbleu", "rouge", "exact_match", "accuracy")
+# "massive": MASSIVE's intent accuracy, slot micro-F1 and exact match of text-to-text outputs (nlu_metrics.py).
+METRIC_NAMES = ("bleu", "chrf", "chrf++", "spbleu", "rouge", "exact_match", "massive", "accuracy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +108,12 @@ def sentencepiece_pieces(spm_path: str) -> Callable[[str], str]:
     """A function text -> its SentencePiece pieces joined by single spaces (what sacrebleu's spm does)."""
     import sentencepiece as spm
 
-    if not os.path.exists(spm_path):
+    from alexatm_jax import storage
+
+    path = storage.resolve(spm_path)  # read as bytes: the model may sit in a remote (gs://) model directory
+    if not path.exists():
         raise FileNotFoundError(f"SentencePiece model {spm_path} does not exist")
-    processor = spm.SentencePieceProcessor(model_file=spm_path)
+    processor = spm.SentencePieceProcessor(model_proto=path.read_bytes())
     return lambda text: " ".join(processor.encode(text, out_type=str))
 
 
@@ -192,8 +196,12 @@ def accuracy(predicted_indices: Sequence[int], gold_indices: Sequence[int]) -> M
     if len(predicted_indices) != len(gold_indices) or not gold_indices:
         raise ValueError(f"accuracy needs as many predictions ({len(predicted_indices)}) as gold labels "
                          f"({len(gold_indices)}), and at least one")
+    from alexatm_jax.evaluation.nlu_metrics import proportion_stderr
+
+    n = len(gold_indices)
     hits = sum(int(p) == int(g) for p, g in zip(predicted_indices, gold_indices))
-    return MetricResult("accuracy", 100.0 * hits / len(gold_indices), "accuracy|rank-classification")
+    return MetricResult("accuracy", 100.0 * hits / n, "accuracy|rank-classification",
+                        {"stderr": 100.0 * proportion_stderr(hits / n, n), "n": n})
 
 
 def compute(name: str, predictions: Sequence[str], references: Sequence[str], *,
@@ -211,4 +219,10 @@ def compute(name: str, predictions: Sequence[str], references: Sequence[str], *,
         return list(rouge(predictions, references).values())
     if name == "exact_match":
         return [exact_match(predictions, references)]
+    if name == "massive":
+        from alexatm_jax.evaluation import nlu_metrics
+
+        return [MetricResult(key, 100.0 * e.value, f"massive|{key}|seqeval" if key == "slot_micro_f1" else
+                             f"massive|{key}", {"stderr": 100.0 * e.stderr, "n": e.n})
+                for key, e in nlu_metrics.t2t_scores(predictions, references).items()]
     raise ValueError(f"Unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)}")

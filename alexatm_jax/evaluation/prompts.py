@@ -154,15 +154,6 @@ def render_prompt(card: TaskCard, shots: Sequence[dict], query: dict,
     return f"{card.prompt['clm_token']} {body}" if card.prompt["mode"] == "clm" else body
 
 
-def split_clm_prefix(card: TaskCard, prompt: str) -> tuple[bool, str]:
-    """(has CLM token, the text after it). The runner feeds the CLM token as its id, then the text: that is
-    how the CLM objective built its inputs in pretraining ([CLM] id + the document's pieces)."""
-    prefix = f"{card.prompt['clm_token']} "
-    if card.prompt["mode"] == "clm" and prompt.startswith(prefix):
-        return True, prompt[len(prefix):]
-    return False, prompt
-
-
 def postprocess(card: TaskCard, text: str) -> str:
     """Cuts the generated text at the first cut string (the example separator by default), then strips."""
     for cut in card.cut_at:

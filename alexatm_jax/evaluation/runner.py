@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from alexatm_jax import atomic_files
+from alexatm_jax import storage
 from alexatm_jax.evaluation import cards, loaders, prompts
 from alexatm_jax.evaluation import metrics as metric_lib
 from alexatm_jax.evaluation.cards import CardError, TaskCard
@@ -39,18 +39,20 @@ def load_examples(card: TaskCard, data: Optional[str] = None, shots_data: Option
         location = data
         if data_format == "bundled":
             data_format = "jsonl"
-    records = loaders.load_records(data_format, location)
+    records = loaders.load_records(data_format, location, card.params)
     has_splits = all("split" in r for r in records)
     pool, evaluation = prompts.split_records(card, records, has_splits=has_splits)
     if shots_data is not None:
-        shots_format = card.data["format"] if os.path.isdir(shots_data) else "jsonl"
+        shots_format = card.data["format"] if os.path.isdir(shots_data) or card.data["format"] == "debian_labels" \
+            else "jsonl"
         shot_split = card.data["shot_split"]
         shot_records = [r if "split" in r else dict(r, split=shot_split)
-                        for r in loaders.load_records(shots_format, shots_data)]
+                        for r in loaders.load_records(shots_format, shots_data, card.params)]
         pool, _ = prompts.split_records(card, shot_records)
-    elif not has_splits and data is not None and card.data["format"] == "bundled" and card.data["path"]:
+    elif not has_splits and data is not None and loaders.is_bundled_source(card.data["format"], card.data["path"]):
         # A user's file without splits: shots still come from the card's own bundled source.
-        pool, _ = prompts.split_records(card, loaders.load_records("bundled", card.data["path"]))
+        pool, _ = prompts.split_records(card, loaders.load_records(card.data["format"], card.data["path"],
+                                                                   card.params))
     if not evaluation:
         raise CardError(f"Task {card.name}: no evaluation examples in {location} (split "
                         f"{card.data['eval_split']!r}, filter {card.data['filter']}, params {card.params})")
@@ -88,9 +90,10 @@ class PromptEncoder:
         return self.sp.decode(self.sp.encode(text)[:max_tokens])
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        has_clm, text = prompts.split_clm_prefix(self.card, prompt)
-        ids = self.sp.encode(text)
-        return ([self.clm_id] if has_clm else []) + ids + [self.config.eos_token_id]
+        from alexatm_jax.api import prompt_token_ids
+
+        return prompt_token_ids(self.sp, prompt, self.config.eos_token_id,
+                                clm_token=self.card.prompt["clm_token"] if self.card.prompt["mode"] == "clm" else "")
 
     def target_ids(self, text: str) -> list[int]:
         return self.sp.encode(text)
@@ -208,11 +211,46 @@ def _generate_run(lm, card, encoder, rendered, batch_size, decoding, progress, s
     return examples
 
 
+def _choice_scores(lm, encoder, rendered, targets, batch_size, progress, description) -> np.ndarray:
+    """[examples, choices] summed log-likelihoods with ``lm.score_choices``: one encoder pass per prompt, all
+    choices decoded against it; ``batch_size`` (prompt, choice) pairs per call, so at least one prompt."""
+    scores = np.zeros((len(rendered), len(targets)), np.float64)
+    width = max(len(t) for t in targets)
+    choice_ids = np.full((len(targets), width), lm.config.pad_token_id, np.int32)
+    choice_mask = np.zeros((len(targets), width), np.int32)
+    for c, row in enumerate(targets):
+        choice_ids[c, :len(row)], choice_mask[c, :len(row)] = row, 1
+    order = sorted(range(len(rendered)), key=lambda e: len(rendered[e][3]))
+    with _progress(len(rendered) * len(targets), description, progress) as bar:
+        for batch in _batches(order, max(1, batch_size // len(targets))):
+            ids, mask = _pad_batch([rendered[e][3] for e in batch], lm.config.pad_token_id,
+                                   lm.config.max_position_embeddings)
+            result = np.asarray(lm.score_choices(ids, choice_ids, attention_mask=mask, choice_mask=choice_mask))
+            scores[batch] = result
+            bar.update(len(batch) * len(targets))
+    return scores
+
+
 def _rank_run(lm, card, encoder, rendered, batch_size, progress):
     labels = list(card.choices)
     targets = [encoder.target_ids(card.prompt["target_prefix"] + card.choices[label]) for label in labels]
-    pairs = [(e, c) for e in range(len(rendered)) for c in range(len(labels))]
-    scores = np.zeros((len(rendered), len(labels)), np.float64)
+    if hasattr(lm, "score_choices"):
+        scores = _choice_scores(lm, encoder, rendered, targets, batch_size, progress, f"{card.name} score")
+    else:  # any object with lm.score: every (prompt, choice) pair as its own row
+        scores = _pair_scores(lm, card, rendered, targets, batch_size, progress)
+    examples = []
+    for (record, values, prompt, ids), row in zip(rendered, scores):
+        best = int(np.argmax(row))
+        examples.append({"id": record.get("id"), "prompt": prompt, "prompt_tokens": len(ids),
+                         "prediction": card.choices[labels[best]],
+                         "reference": _choice_text(card, values["label"]),
+                         "choice_scores": {card.choices[l]: float(s) for l, s in zip(labels, row)}})
+    return examples
+
+
+def _pair_scores(lm, card, rendered, targets, batch_size, progress) -> np.ndarray:
+    pairs = [(e, c) for e in range(len(rendered)) for c in range(len(targets))]
+    scores = np.zeros((len(rendered), len(targets)), np.float64)
     limit = lm.config.max_position_embeddings
     order = sorted(range(len(pairs)), key=lambda p: len(rendered[pairs[p][0]][3]))
     with _progress(len(pairs), f"{card.name} score", progress) as bar:
@@ -223,14 +261,7 @@ def _rank_run(lm, card, encoder, rendered, batch_size, progress):
             for p, value in zip(batch, np.asarray(result)):
                 scores[pairs[p]] = value
             bar.update(len(batch))
-    examples = []
-    for (record, values, prompt, ids), row in zip(rendered, scores):
-        best = int(np.argmax(row))
-        examples.append({"id": record.get("id"), "prompt": prompt, "prompt_tokens": len(ids),
-                         "prediction": card.choices[labels[best]],
-                         "reference": _choice_text(card, values["label"]),
-                         "choice_scores": {card.choices[l]: float(s) for l, s in zip(labels, row)}})
-    return examples
+    return scores
 
 
 def _metrics_for(card, examples, spm_path) -> dict:
@@ -261,6 +292,11 @@ def evaluate(lm, card: TaskCard, shots: Sequence[int], *, data: Optional[str] = 
     shots = [int(k) for k in shots]
     if any(k < 0 for k in shots) or not shots:
         raise CardError(f"--shots must be non-negative integers, got {shots}")
+    if card.kind == "retrieval":  # no prompts to complete: embeddings compared across languages
+        from alexatm_jax.evaluation import retrieval
+
+        return retrieval.evaluate(lm, card, shots, data=data, limit=limit, batch_size=batch_size,
+                                  progress=progress, checkpoint=checkpoint)
     if limit is not None and limit < 1:
         raise CardError(f"--limit must be >= 1, got {limit}")
     pool, evaluation, source = load_examples(card, data, shots_data)
@@ -312,14 +348,18 @@ def evaluate(lm, card: TaskCard, shots: Sequence[int], *, data: Optional[str] = 
 def _tokenizer_path(lm) -> Optional[str]:
     path = getattr(lm, "path", None)
     if path:
-        candidate = os.path.join(path, "tokenizer.model")
-        if os.path.exists(candidate):
-            return candidate
+        candidate = storage.resolve(path) / "tokenizer.model"  # local or remote (gs://) model directories
+        if candidate.exists():
+            return os.fspath(candidate)
     return None
 
 
 def markdown_table(results: dict) -> str:
-    """| shots | metric ... | rows for each shot count."""
+    """| shots | metric ... | rows for each shot count (retrieval cards: the language-pair matrix)."""
+    if results["task"].get("kind") == "retrieval":
+        from alexatm_jax.evaluation import retrieval
+
+        return retrieval.markdown_table(results)
     names = []
     for run in results["runs"]:
         names += [n for n in run["scores"] if n not in names]
@@ -337,8 +377,7 @@ def markdown_table(results: dict) -> str:
 
 
 def write_results(results: dict, output_dir: str) -> str:
-    """Writes ``output_dir/results.json`` atomically; returns its path."""
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, "results.json")
-    atomic_files.write_text(path, json.dumps(results, ensure_ascii=False, indent=1) + "\n")
-    return path
+    """Writes ``output_dir/results.json`` (local or e.g. gs://) atomically; returns its path."""
+    path = storage.resolve(output_dir) / "results.json"
+    storage.write_text(path, json.dumps(results, ensure_ascii=False, indent=1) + "\n")
+    return os.fspath(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from typing import Any, Mapping
 
 NORM_TYPES = ("alexatm_layernorm", "layernorm", "rmsnorm")
@@ -58,7 +59,9 @@ class ModelConfig:
     param_dtype: str = "float32"
 
     def __post_init__(self):
-        problems = []
+        problems = _type_problems(self)
+        if problems:  # e.g. --gin.ModelConfig.d_model=big: the checks below would fail on the arithmetic
+            raise ValueError("Invalid ModelConfig: " + "; ".join(problems))
         if self.d_model % self.num_heads:
             problems.append(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
         if self.norm_type not in NORM_TYPES:
@@ -102,6 +105,21 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
         return cls.from_dict(json.loads(text))
+
+
+_FIELD_TYPES = {"int": (numbers.Integral, "an integer"), "float": (numbers.Real, "a number"),
+                "bool": (bool, "True or False"), "str": (str, "a string")}
+
+
+def _type_problems(config: ModelConfig) -> list[str]:
+    """Each field whose value is not of its declared type (bools are not integers or numbers here)."""
+    problems = []
+    for field in dataclasses.fields(config):
+        wanted, words = _FIELD_TYPES.get(field.type, (None, None))
+        value = getattr(config, field.name)
+        if wanted is not None and (not isinstance(value, wanted) or (field.type != "bool" and isinstance(value, bool))):
+            problems.append(f"{field.name} must be {words}, got {value!r}")
+    return problems
 
 
 # AlexaTM's tokenizer has about 150K pieces; 150_016 keeps the vocabulary a multiple of 128 (tensor

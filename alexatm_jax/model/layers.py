@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 import flax.linen as nn
 
 from alexatm_jax.model.config import ModelConfig
@@ -207,6 +208,8 @@ class MultiHeadAttention(nn.Module):
         context = jnp.einsum("bhls,bshk->blhk", probs, value)
         context = nn.with_logical_constraint(context, ACT_HEADS)
         out = dense(cfg, cfg.d_model, ("heads", "kv", "embed"), ("embed",), axis=(-2, -1), name="out")(context)
+        # Named so that remat_policy='save_attention_out' can keep it and recompute only the cheaper rest.
+        out = checkpoint_name(out, "attention_out")
         return nn.with_logical_constraint(out, ACT_EMBED)
 
     def _cross_keys_values(self, project, kv_inputs):

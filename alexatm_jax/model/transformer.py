@@ -29,6 +29,8 @@ _REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    # Keep each attention block's output (tagged in layers.MultiHeadAttention) and recompute the rest.
+    "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
 }
 
 

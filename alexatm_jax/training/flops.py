@@ -19,23 +19,29 @@ the padded feature lengths: packing fills them, so they are what the step really
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 from alexatm_jax.model.config import ModelConfig
 
-# Dense peak FLOP/s per device by compute dtype. CPU figures were measured on this project's 2-core
-# machines (jnp.dot 2048^3); accelerator figures are the vendors' dense (no sparsity) matmul peaks, with
-# f32 on NVIDIA meaning TF32 tensor cores and on TPU the bf16 MXU rate (f32 matmuls are passed through it).
+# Dense peak FLOP/s per device by compute dtype: the vendors' dense (no sparsity) matmul peaks, with f32 on
+# NVIDIA meaning TF32 tensor cores and on TPU the bf16 MXU rate (f32 matmuls are passed through it). Keys are
+# ``jax.Device.device_kind`` as JAX reports it, lower-cased; several names can mean one chip (a TPU v5p reports
+# "TPU v5", a v5e "TPU v5 lite"). CPUs differ from machine to machine, so their peak is measured instead.
 PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "cpu": {"float32": 310e9, "bfloat16": 258e9},
     "a100": {"float32": 156e12, "bfloat16": 312e12},
     "h100": {"float32": 495e12, "bfloat16": 989e12},
     "h200": {"float32": 495e12, "bfloat16": 989e12},
     "tpu v4": {"float32": 275e12, "bfloat16": 275e12},
+    "tpu v5": {"float32": 459e12, "bfloat16": 459e12},       # v5p
     "tpu v5p": {"float32": 459e12, "bfloat16": 459e12},
-    "tpu v5 lite": {"float32": 197e12, "bfloat16": 197e12},  # v5e reports itself as "TPU v5 lite"
+    "tpu v5 lite": {"float32": 197e12, "bfloat16": 197e12},  # v5e
     "tpu v5e": {"float32": 197e12, "bfloat16": 197e12},
+    "tpu v6 lite": {"float32": 918e12, "bfloat16": 918e12},  # v6e (Trillium)
+    "tpu v6e": {"float32": 918e12, "bfloat16": 918e12},
 }
+# NVIDIA kinds carry the board name ("NVIDIA H100 80GB HBM3"): matched by the chip's token.
+_GPU_TOKENS = ("a100", "h100", "h200")
 
 
 def forward_flops_per_sequence(config: ModelConfig, inputs_length: int, targets_length: int) -> float:
@@ -58,14 +64,45 @@ def train_step_flops(config: ModelConfig, batch_size: int, inputs_length: int, t
     return 3.0 * batch_size * forward_flops_per_sequence(config, inputs_length, targets_length)
 
 
-def device_peak_flops(device_kind: str, dtype: str = "bfloat16", override: Optional[float] = None) -> Optional[float]:
-    """Peak FLOP/s of one device (``jax.Device.device_kind``), or ``override`` if given; None if unknown."""
+def _table_key(device_kind: str) -> Optional[str]:
+    kind = " ".join(device_kind.lower().split())
+    if kind in PEAK_FLOPS:
+        return kind
+    for token in _GPU_TOKENS:
+        if token in kind.replace("-", " ").split():
+            return token
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def measure_cpu_peak_flops(dtype: str = "float32", size: int = 1024, repeats: int = 5) -> float:
+    """This machine's matmul FLOP/s on one CPU device (best of ``repeats`` ``size``^3 products): the peak
+    MFU is measured against here, since CPU peaks differ from machine to machine."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((size, size), dtype)
+    product = jax.jit(lambda a: a @ a)
+    product(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best
+
+
+def device_peak_flops(device, dtype: str = "bfloat16", override: Optional[float] = None) -> Optional[float]:
+    """Peak FLOP/s of one device (a ``jax.Device`` or its ``device_kind``), or ``override`` if given; measured
+    on CPU; None for an unknown accelerator (MFU is then not reported rather than guessed)."""
     if override:
         return float(override)
-    kind = device_kind.lower()
     dtype = "bfloat16" if dtype in ("bfloat16", "float16") else "float32"
-    # Longest key first so that "tpu v5 lite" wins over a shorter match.
-    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
-        if key in kind:
-            return PEAK_FLOPS[key][dtype]
-    return None
+    platform = getattr(device, "platform", None)
+    kind = getattr(device, "device_kind", device)
+    if platform == "cpu" or (platform is None and str(kind).lower() == "cpu"):
+        return measure_cpu_peak_flops(dtype)
+    key = _table_key(str(kind))
+    return PEAK_FLOPS[key][dtype] if key else None

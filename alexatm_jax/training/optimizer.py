@@ -8,7 +8,7 @@ freeze, which optax has no ready-made form of.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -110,5 +110,3 @@ def make_optimizer(params: Any, *, name: str = "adamw", schedule: Optional[optax
 def count_params(params: Any) -> int:
     return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
 
-
-OptimizerFactory = Callable[[Any], optax.GradientTransformation]

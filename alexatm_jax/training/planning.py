@@ -10,17 +10,18 @@ exact (shard shapes times dtype sizes).
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
-from alexatm_jax import partitioning
+from alexatm_jax import features, partitioning
 from alexatm_jax.model.config import ModelConfig
-from alexatm_jax.model.transformer import AlexaTMTransformer
+from alexatm_jax.models import EncoderDecoderModel
 from alexatm_jax.training import flops, optimizer as opt_lib, step as step_lib
-from alexatm_jax.training.train_state import StateLayout, init_params_boxed
+from alexatm_jax.training.configs import OptimizerConfig
+from alexatm_jax.training.train_state import StateLayout
 
 GiB = 1024 ** 3
 
@@ -36,31 +37,35 @@ def per_device_bytes(abstract_tree: Any) -> int:
 
 def plan(config: ModelConfig, mesh_spec: str, batch_size: int, inputs_length: int, targets_length: int, *,
          device_memory_gib: Optional[float] = None, num_microbatches: int = 1, optimizer: str = "adamw",
-         rules=partitioning.DEFAULT_RULES, devices=None) -> dict:
+         rules=None, devices=None) -> dict:
     """Compiles one train step of ``config`` on ``mesh_spec`` (over ``devices``, default all) and returns
-    the plan as a JSON-able dict (bytes per device, FLOPs per step, fits)."""
+    the plan as a JSON-able dict (bytes per device, FLOPs per step, compile time, fits)."""
     devices = list(jax.devices() if devices is None else devices)
-    mesh = partitioning.make_mesh(mesh_spec, devices)
-    sizes = dict(mesh.shape)
-    if batch_size % num_microbatches or (batch_size // num_microbatches) % (sizes["data"] * sizes["fsdp"]):
-        raise ValueError(f"batch {batch_size} / microbatches {num_microbatches} must be divisible by data x fsdp "
-                         f"= {sizes['data'] * sizes['fsdp']}")
+    partitioner = partitioning.Partitioner(mesh_spec, rules, devices)
+    sizes = dict(partitioner.mesh.shape)
+    problems = []
+    if batch_size % num_microbatches or (batch_size // num_microbatches) % partitioner.data_parallel_size:
+        problems.append(f"batch {batch_size} / microbatches {num_microbatches} must be divisible by data x fsdp "
+                        f"= {partitioner.data_parallel_size}")
     for name, length in (("inputs", inputs_length), ("targets", targets_length)):
         if length > config.max_position_embeddings:
-            raise ValueError(f"--{name} {length} exceeds the model's {config.max_position_embeddings} positions")
-    model = AlexaTMTransformer(config)
-    abstract_params = jax.eval_shape(lambda: nn.unbox(init_params_boxed(model, jax.random.PRNGKey(0),
-                                                                        inputs_length, targets_length)))
-    schedule = opt_lib.learning_rate_schedule()
-    tx = opt_lib.make_optimizer(abstract_params, name=optimizer, schedule=schedule)
-    layout = StateLayout(model, tx, mesh, rules, inputs_length, targets_length)
-    batch_sharding = partitioning.data_sharding(mesh, rules)
-    train_step = step_lib.make_train_step(layout, schedule, step_lib.StepOptions(num_microbatches=num_microbatches),
-                                          batch_sharding)
+            problems.append(f"--{name} {length} exceeds the model's {config.max_position_embeddings} positions")
+    model = EncoderDecoderModel(config)
+    problems += partitioner.divisibility_problems(model.abstract_params(), model.param_logical_specs())
+    if problems:
+        raise ValueError("this plan cannot be laid out: " + "; ".join(problems[:8]) +
+                         (f"; and {len(problems) - 8} more" if len(problems) > 8 else "") +
+                         ". Change the mesh sizes (or the model's dimensions).")
+    tx, schedule = OptimizerConfig(name=optimizer).build(model.abstract_params(), train_steps=1000)
+    layout = StateLayout(model, tx, partitioner)
+    train_step = step_lib.make_train_step(layout, schedule, step_lib.StepOptions(num_microbatches=num_microbatches))
     batch = {k: jax.ShapeDtypeStruct((batch_size, targets_length if k.startswith("decoder") else inputs_length),
-                                     jnp.int32, sharding=batch_sharding) for k in step_lib.BATCH_FEATURES}
-    rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=layout.replicated)
+                                     features.feature_dtype(k), sharding=partitioner.data_sharding)
+             for k in features.BATCH_FEATURES}
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioner.replicated)
+    started = time.perf_counter()
     compiled = train_step.lower(layout.abstract, batch, rng).compile()
+    compile_seconds = time.perf_counter() - started
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
@@ -70,7 +75,7 @@ def plan(config: ModelConfig, mesh_spec: str, batch_size: int, inputs_length: in
     # Peak live bytes: inputs (state and batch) stay alive; outputs alias the donated state, so only the
     # non-aliased part of the outputs is extra; temporaries come on top.
     total = int(memory.argument_size_in_bytes) + int(memory.output_size_in_bytes) - int(memory.alias_size_in_bytes) + temp
-    n_params = opt_lib.count_params(abstract_params)
+    n_params = opt_lib.count_params(model.abstract_params())
     model_flops = flops.train_step_flops(config, batch_size, inputs_length, targets_length)
     result = {
         "model_params": n_params,
@@ -87,6 +92,7 @@ def plan(config: ModelConfig, mesh_spec: str, batch_size: int, inputs_length: in
         },
         "model_flops_per_step": model_flops,
         "xla_flops_per_step_per_device": float(cost.get("flops", float("nan"))),
+        "compile_seconds": compile_seconds,
         "compiled_on": f"{devices[0].platform} ({devices[0].device_kind})",
     }
     if device_memory_gib:

@@ -6,7 +6,7 @@ A batch is a dict of [B, L] int arrays with the seqio feature names (``encoder_i
 the data-parallel mesh axes.
 
 Parameters, optimizer state and inputs are placed by explicit shardings; inside the step the model's
-logical activation constraints are active (``partitioning.activation_sharding``), so activations are laid
+logical activation constraints are active (``Partitioner.partition``), so activations are laid
 out by the same rules as the parameters rather than left to XLA's propagation alone.
 
 The loss is normalised by the total target weight of the whole global batch, once, after summing over
@@ -16,19 +16,16 @@ microbatches, so any microbatch count or device count computes the same number.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from alexatm_jax import partitioning
+from alexatm_jax.features import BATCH_FEATURES
 from alexatm_jax.training import losses
 from alexatm_jax.training.train_state import StateLayout, TrainState
-
-BATCH_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions", "decoder_input_tokens",
-                  "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids", "decoder_positions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,20 +38,6 @@ class StepOptions:
     skip_nonfinite: bool = False
 
 
-def _model_kwargs(batch: dict) -> dict:
-    return {k: batch[k] for k in BATCH_FEATURES if k in batch and k != "decoder_loss_weights"}
-
-
-def batch_loss_sums(model, params, batch: dict, dropout_rng: Optional[jax.Array],
-                    options: StepOptions) -> losses.LossSums:
-    """Forward pass and weighted loss sums of one (micro)batch. Dropout on iff ``dropout_rng`` is given."""
-    rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-    logits = model.apply({"params": params}, **_model_kwargs(batch), enable_dropout=dropout_rng is not None,
-                         rngs=rngs)
-    return losses.loss_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
-                            options.label_smoothing, options.z_loss)
-
-
 def _split_microbatches(batch: dict, num: int, sharding: NamedSharding) -> dict:
     """[B, L] -> [num, B/num, L], row i going to microbatch i % num: every device keeps its own rows, so
     splitting moves no data between devices."""
@@ -65,16 +48,16 @@ def _split_microbatches(batch: dict, num: int, sharding: NamedSharding) -> dict:
     return {k: split(v) for k, v in batch.items()}
 
 
-def make_train_step(layout: StateLayout, schedule: optax.Schedule, options: StepOptions,
-                    batch_sharding: NamedSharding) -> Callable:
-    """``step(state, batch, rng) -> (state, metrics)``, jitted with the layout's shardings; the input state
-    is donated. Metrics (replicated scalars): loss, z_loss, accuracy, grad_norm, learning_rate, weight
-    (target tokens), finite (1.0 if loss and gradients were finite)."""
-    model, tx = layout.model, layout.tx
+def make_train_step(layout: StateLayout, schedule: optax.Schedule, options: StepOptions) -> Callable:
+    """``step(state, batch, rng) -> (state, metrics)``, compiled by the layout's partitioner with the state's
+    shardings; the input state is donated. Metrics (replicated scalars): loss, z_loss, accuracy, grad_norm,
+    learning_rate, weight (target tokens), finite (1.0 if loss and gradients were finite)."""
+    model, tx, partitioner = layout.model, layout.tx, layout.partitioner
+    batch_sharding = partitioner.data_sharding
 
     def grads_and_sums(params, batch, rng):
         def loss_fn(p, mb, r):
-            sums = batch_loss_sums(model, p, mb, r, options)
+            sums = model.loss_fn(p, mb, r, label_smoothing=options.label_smoothing, z_loss=options.z_loss)
             return sums.loss, sums
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -96,8 +79,7 @@ def make_train_step(layout: StateLayout, schedule: optax.Schedule, options: Step
     def step(state: TrainState, batch: dict, rng: jax.Array):
         # The dropout key depends only on (seed, step): a resumed run draws the same masks.
         dropout_rng = jax.random.fold_in(rng, state.step)
-        with partitioning.activation_sharding(layout.mesh, layout.rules):
-            grads, sums = grads_and_sums(state.params, batch, dropout_rng)
+        grads, sums = grads_and_sums(state.params, batch, dropout_rng)
         norm = jnp.maximum(sums.weight, 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / norm, grads)
         grad_norm = optax.tree.norm(grads)
@@ -115,21 +97,17 @@ def make_train_step(layout: StateLayout, schedule: optax.Schedule, options: Step
                        finite=finite.astype(jnp.float32))
         return new_state, metrics
 
-    replicated = layout.replicated
-    batch_shardings = {k: batch_sharding for k in BATCH_FEATURES}
-    jitted = jax.jit(step, in_shardings=(layout.shardings, batch_shardings, replicated),
-                     out_shardings=(layout.shardings, replicated), donate_argnums=(0,))
-
-    return jitted
+    replicated = partitioner.replicated
+    return partitioner.partition(step, (layout.shardings, partitioner.batch_shardings(BATCH_FEATURES), replicated),
+                                 (layout.shardings, replicated), donate_argnums=(0,))
 
 
-def make_eval_step(layout: StateLayout, options: StepOptions, batch_sharding: NamedSharding) -> Callable:
-    """``eval_step(params, batch) -> LossSums`` (no dropout), jitted with explicit shardings."""
-    model = layout.model
+def make_eval_step(layout: StateLayout, options: StepOptions) -> Callable:
+    """``eval_step(params, batch) -> LossSums`` (no dropout), compiled with explicit shardings."""
+    model, partitioner = layout.model, layout.partitioner
 
     def step(params, batch):
-        with partitioning.activation_sharding(layout.mesh, layout.rules):
-            return batch_loss_sums(model, params, batch, None, options)
+        return model.loss_fn(params, batch, None, label_smoothing=options.label_smoothing, z_loss=options.z_loss)
 
-    return jax.jit(step, in_shardings=(layout.shardings.params, {k: batch_sharding for k in BATCH_FEATURES}),
-                   out_shardings=layout.replicated)
+    return partitioner.partition(step, (layout.shardings.params, partitioner.batch_shardings(BATCH_FEATURES)),
+                                 partitioner.replicated)

@@ -11,14 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from alexatm_jax import partitioning
-from alexatm_jax.model.transformer import AlexaTMTransformer
+from alexatm_jax.models import EncoderDecoderModel
 
 
 @flax.struct.dataclass
@@ -33,19 +32,6 @@ class TrainState:
 
 def _names(path) -> tuple:
     return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
-
-
-def init_inputs(batch_size: int, inputs_length: int, targets_length: int) -> dict:
-    """Zero-filled model inputs of the given shape: enough to create parameters."""
-    return dict(encoder_input_tokens=jnp.zeros((batch_size, inputs_length), jnp.int32),
-                decoder_input_tokens=jnp.zeros((batch_size, targets_length), jnp.int32))
-
-
-def init_params_boxed(model: AlexaTMTransformer, rng: jax.Array, inputs_length: int, targets_length: int):
-    """Boxed (logically-annotated) parameters of ``model``; use under jax.eval_shape for shapes only."""
-    inputs = init_inputs(1, inputs_length, targets_length)
-    return model.init(rng, inputs["encoder_input_tokens"], inputs["decoder_input_tokens"],
-                      enable_dropout=False)["params"]
 
 
 def opt_state_logical_specs(abstract_opt_state: Any, abstract_params: Any, param_specs: Any) -> Any:
@@ -73,41 +59,35 @@ def opt_state_logical_specs(abstract_opt_state: Any, abstract_params: Any, param
 
 
 class StateLayout:
-    """Abstract shapes and shardings of the train state of ``model`` under ``tx`` on ``mesh``.
+    """Abstract shapes and shardings of the train state of ``model`` under ``tx``, laid out by ``partitioner``.
 
     Attributes: ``abstract`` (TrainState of ShapeDtypeStructs with shardings), ``logical`` (TrainState of
-    logical PartitionSpecs), ``shardings`` (TrainState of NamedShardings), ``param_specs``.
-    Nothing is allocated to build it.
+    logical PartitionSpecs), ``shardings`` (TrainState of NamedShardings). Nothing is allocated to build it.
     """
 
-    def __init__(self, model: AlexaTMTransformer, tx: optax.GradientTransformation, mesh: Mesh,
-                 rules, inputs_length: int, targets_length: int):
-        self.model, self.tx, self.mesh, self.rules = model, tx, mesh, tuple(rules)
-        self.inputs_length, self.targets_length = inputs_length, targets_length
-        boxed = jax.eval_shape(lambda: init_params_boxed(model, jax.random.PRNGKey(0), inputs_length,
-                                                         targets_length))
-        self.param_specs = nn.get_partition_spec(boxed)
-        abstract_params = nn.unbox(boxed)
+    def __init__(self, model: EncoderDecoderModel, tx: optax.GradientTransformation,
+                 partitioner: partitioning.Partitioner):
+        self.model, self.tx, self.partitioner = model, tx, partitioner
+        param_specs = model.param_logical_specs()
+        abstract_params = model.abstract_params()
         abstract_opt = jax.eval_shape(tx.init, abstract_params)
-        opt_specs = opt_state_logical_specs(abstract_opt, abstract_params, self.param_specs)
-        self.logical = TrainState(step=PartitionSpec(), params=self.param_specs, opt_state=opt_specs)
-        self.shardings = partitioning.logical_to_mesh_sharding(self.logical, mesh, self.rules)
+        opt_specs = opt_state_logical_specs(abstract_opt, abstract_params, param_specs)
+        self.logical = TrainState(step=PartitionSpec(), params=param_specs, opt_state=opt_specs)
+        self.shardings = partitioner.shardings(self.logical)
         abstract_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
                                     opt_state=abstract_opt)
         self.abstract = jax.tree_util.tree_map(
             lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
             abstract_state, self.shardings)
 
-    @property
-    def replicated(self) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec())
-
-    def init(self, rng: jax.Array) -> TrainState:
-        """Creates the state directly in its shardings (each device computes only its own slices)."""
-        def make(rng):
-            params = nn.unbox(init_params_boxed(self.model, rng, self.inputs_length, self.targets_length))
+    def init(self, rng: jax.Array, params: Any = None) -> TrainState:
+        """Creates the state directly in its shardings (each device computes only its own slices); with
+        ``params`` (e.g. restored for fine-tuning) only the optimizer state is new."""
+        def make(rng, params):
+            params = self.model.init_params(rng) if params is None else params
             return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
 
-        # No rules in context here: Flax's DenseGeneral constrains its kernel while still flat, which
-        # the rules would reject; the out_shardings alone place every leaf.
-        return jax.jit(make, out_shardings=self.shardings)(rng)
+        if params is None:
+            return jax.jit(lambda rng: make(rng, None), out_shardings=self.shardings)(rng)
+        return jax.jit(make, in_shardings=(self.partitioner.replicated, self.shardings.params),
+                       out_shardings=self.shardings)(rng, params)

@@ -1,10 +1,10 @@
-"""The training loop, configured by gin: ``train(...)`` is the entry point of ``alexatm-jax train``.
+"""Training: the ``Trainer`` loop with hooks, and ``train(...)``, the gin entry point of ``alexatm-jax train``.
 
-One call: validate the configuration (before anything compiles), write the run directory
-(``config.json``, ``tokenizer.model``), build the mesh, the optimiser and the sharded train step, restore the
-latest checkpoint if there is one (model, optimiser *and* data-pipeline state, so a resumed run sees
-exactly the batches an uninterrupted one would), then step, log, evaluate and checkpoint until
-``train_steps``. SIGTERM / SIGINT save a checkpoint and stop cleanly (preemption).
+``train`` checks the configuration (everything at once, before anything compiles), prepares the run directory
+(``config.json``, ``tokenizer.model``, ``partitioning.json``), builds the model object, the partitioner and the
+optimiser, restores the newest readable checkpoint (model, optimiser *and* every process's data-pipeline state,
+so a resumed run sees exactly the batches an uninterrupted one would) or initialises, and hands the loop to a
+``Trainer`` whose hooks log, evaluate, checkpoint and handle preemption (``training/hooks.py``).
 
 Multi-host: every process runs this same function; each feeds its own shard of the batch
 (``batch_size / process_count`` rows from data shard ``process_index``) into global arrays.
@@ -12,369 +12,310 @@ Multi-host: every process runs this same function; each feeds its own shard of t
 
 from __future__ import annotations
 
-import os
-import signal
-import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import gin
+import jax
+import numpy as np
 
-from alexatm_jax import atomic_files
-from alexatm_jax.model.config import ModelConfig, get_preset
+from alexatm_jax import features, storage
+from alexatm_jax.model.config import ModelConfig
+from alexatm_jax.training.configs import (CheckpointConfig, DataConfig, EvalConfig, LoggingConfig, OptimizerConfig,
+                                          StepConfig, plain_model_config)
+from alexatm_jax.training.hooks import (CheckpointHook, EvalHook, Hook, LoggingHook, NonFiniteHook, PreemptionHook,
+                                        StepInfo, TrainingError, host_scalar)
+from alexatm_jax.training.run_dir import cleaned_up_on_early_failure
 
-# Batch iterator contract (alexatm_jax.data.pipeline.make_batch_iterator): called as
-# fn(mixture_or_task_name, task_feature_lengths, batch_size, *, split, shard_index, num_shards, seed, pack,
-#    shuffle, repeat) -> iterator of dicts of [batch, length] numpy arrays with .state() / .restore(state).
-BatchIteratorFn = Callable[..., Any]
-
-NONFINITE_POLICIES = ("stop", "skip")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss diverged); the message says at which step and what to do."""
+__all__ = ["Trainer", "TrainingError", "train", "GlobalBatches"]
 
 
-def build_model_config(model_preset: str, model_overrides: Optional[Mapping[str, Any]], vocab_size: int) -> ModelConfig:
-    """The preset with the overrides, in this repository's token-id convention (T5/seqio: pad 0, eos 1,
-    decoder start 0, bos 3) and the vocabulary's size."""
-    config = get_preset(model_preset)
-    overrides = dict(model_overrides or {})
-    unknown = sorted(set(overrides) - set(config.to_dict()))
-    if unknown:
-        raise ValueError(f"MODEL_OVERRIDES names unknown ModelConfig fields {unknown}; known fields: "
-                         f"{sorted(config.to_dict())}")
-    overrides.update(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, bos_token_id=3,
-                     vocab_size=int(vocab_size))
-    return config.replace(**overrides)
+class GlobalBatches:
+    """This process's batch iterator, turned into global arrays sharded over the data axes."""
+
+    def __init__(self, iterator, partitioner):
+        self.iterator, self.partitioner = iterator, partitioner
+
+    def __next__(self) -> dict:
+        local = next(self.iterator)
+        features.check_batch(local)
+        sharding = self.partitioner.data_sharding
+        return {name: jax.make_array_from_process_local_data(
+                    sharding, np.asarray(local[name], features.feature_dtype(name)))
+                for name in features.BATCH_FEATURES}
+
+    def state(self) -> dict:
+        return self.iterator.state()
 
 
-def validate(*, model_dir, train_steps, batch_size, task_feature_lengths, mesh_sizes, config: ModelConfig,
-             num_microbatches, process_count, log_every_steps, checkpoint_every_steps, eval_every_steps,
-             nonfinite, optimizer_name):
-    """Every check that can fail before compiling; raises ValueError listing all the problems."""
+class Trainer:
+    """Steps ``train_step`` over ``batches`` until ``train_steps`` or a hook stops it.
+
+    ``train_step(state, batch, rng) -> (state, metrics)`` is compiled by the partitioner (``training/step.py``);
+    ``hooks`` run after every step in order (``training/hooks.py``)."""
+
+    def __init__(self, train_step, batches: GlobalBatches, hooks: Sequence[Hook], *, train_steps: int,
+                 rng: jax.Array, writer, checkpoint_dir=None):
+        self.train_step, self.batches, self.hooks = train_step, batches, list(hooks)
+        self.train_steps, self.rng, self.writer, self.checkpoint_dir = train_steps, rng, writer, checkpoint_dir
+        self.last_saved_step: Optional[int] = None
+
+    def fit(self, state, start_step: int) -> tuple[Any, Optional[StepInfo]]:
+        for hook in self.hooks:
+            hook.on_start(self, start_step)
+        info = None
+        try:
+            for step in range(start_step + 1, self.train_steps + 1):
+                batch = next(self.batches)
+                state, metrics = self.train_step(state, batch, self.rng)
+                tokens = metrics["weight"] + _input_tokens(batch["encoder_segment_ids"])
+                info = StepInfo(step=step, state=state, metrics=metrics, tokens=tokens)
+                for hook in self.hooks:
+                    hook.after_step(self, info)
+                if info.stop:
+                    break
+        finally:
+            for hook in self.hooks:
+                hook.on_end(self, info)
+        return state, info
+
+
+@jax.jit
+def _input_tokens(segment_ids):
+    return (segment_ids > 0).sum().astype(np.float32)
+
+
+# ---- Setting a run up. ----
+def _vocabulary_token_ids(vocabulary) -> dict:
+    """The ids a model trained on this seqio vocabulary must use (pad = decoder start, T5/seqio style)."""
+    from alexatm_jax.data import vocab as vocab_lib
+
+    special = vocab_lib.special_token_ids(vocabulary)
+    return dict(pad_token_id=int(special["pad"]), eos_token_id=int(special["eos"]),
+                decoder_start_token_id=int(special["pad"]), bos_token_id=int(special["bos"]))
+
+
+def check_model_against_vocabulary(config: ModelConfig, vocabulary, tokenizer_path) -> list[str]:
+    """A model must cover its vocabulary and use its special ids; the user's values are never overwritten."""
     problems = []
+    if config.vocab_size < vocabulary.vocab_size:
+        problems.append(f"ModelConfig.vocab_size={config.vocab_size} is smaller than the vocabulary's "
+                        f"{vocabulary.vocab_size} pieces ({tokenizer_path}); bind ModelConfig.vocab_size >= "
+                        f"{vocabulary.vocab_size}")
+    for name, wanted in _vocabulary_token_ids(vocabulary).items():
+        if getattr(config, name) != wanted:
+            problems.append(f"ModelConfig.{name}={getattr(config, name)} but the vocabulary ({tokenizer_path}) "
+                            f"needs {wanted}; bind ModelConfig.{name}={wanted} (the model files in "
+                            f"gin_configs/models/ do)")
+    return problems
+
+
+def validate(*, model_dir, train_steps, config: ModelConfig, data: DataConfig, optimizer: OptimizerConfig,
+             checkpoint: CheckpointConfig, logging: LoggingConfig, evaluation: EvalConfig, step: StepConfig,
+             mesh_sizes: Optional[dict], extra: Sequence[str] = ()) -> None:
+    """Raises ValueError listing every problem of the configuration."""
+    problems = list(extra)
     if not isinstance(model_dir, str) or not model_dir:
-        problems.append("MODEL_DIR is not set: bind it, e.g. --gin.MODEL_DIR=/tmp/run1")
-    for name, value, minimum in (("TRAIN_STEPS", train_steps, 1), ("BATCH_SIZE", batch_size, 1),
-                                 ("num_microbatches", num_microbatches, 1), ("LOG_EVERY_STEPS", log_every_steps, 1),
-                                 ("checkpoint_every_steps", checkpoint_every_steps, 0),
-                                 ("eval_every_steps", eval_every_steps, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            problems.append(f"{name} must be an integer >= {minimum}, got {value!r}")
-    lengths = task_feature_lengths
-    if not isinstance(lengths, Mapping) or set(lengths) != {"inputs", "targets"}:
-        problems.append(f"TASK_FEATURE_LENGTHS must be {{'inputs': N, 'targets': M}}, got {lengths!r}")
-    else:
-        for key, value in lengths.items():
-            if not isinstance(value, int) or value < 1:
-                problems.append(f"TASK_FEATURE_LENGTHS[{key!r}] must be a positive integer, got {value!r}")
-            elif value > config.max_position_embeddings:
-                problems.append(f"TASK_FEATURE_LENGTHS[{key!r}]={value} exceeds the model's "
-                                f"{config.max_position_embeddings} positions (max_position_embeddings)")
-    if nonfinite not in NONFINITE_POLICIES:
-        problems.append(f"nonfinite={nonfinite!r} must be one of {NONFINITE_POLICIES}")
-    from alexatm_jax.training.optimizer import OPTIMIZERS
-    if optimizer_name not in OPTIMIZERS:
-        problems.append(f"optimizer={optimizer_name!r} must be one of {OPTIMIZERS}")
-    if not problems:
+        problems.append("MODEL_DIR is not set: bind it, e.g. --gin.MODEL_DIR=\"'/tmp/run1'\"")
+    if not isinstance(train_steps, int) or isinstance(train_steps, bool) or train_steps < 1:
+        problems.append(f"TRAIN_STEPS must be an integer >= 1, got {train_steps!r}")
+    problems += data.problems(config) + optimizer.problems() + checkpoint.problems() + logging.problems()
+    problems += evaluation.problems() + step.problems()
+    if not problems and mesh_sizes is not None:
         data_parallel = mesh_sizes["data"] * mesh_sizes["fsdp"]
-        if batch_size % process_count:
-            problems.append(f"BATCH_SIZE={batch_size} must be divisible by the {process_count} processes")
-        if batch_size % num_microbatches:
-            problems.append(f"BATCH_SIZE={batch_size} must be divisible by num_microbatches={num_microbatches}")
-        elif (batch_size // num_microbatches) % data_parallel:
-            problems.append(f"the microbatch size {batch_size // num_microbatches} (BATCH_SIZE / num_microbatches) "
-                            f"must be divisible by data x fsdp = {data_parallel} of MESH")
+        processes = jax.process_count()
+        if data.batch_size % processes:
+            problems.append(f"BATCH_SIZE={data.batch_size} must be divisible by the {processes} processes")
+        if data.batch_size % step.num_microbatches:
+            problems.append(f"BATCH_SIZE={data.batch_size} must be divisible by "
+                            f"StepConfig.num_microbatches={step.num_microbatches}")
+        elif (data.batch_size // step.num_microbatches) % data_parallel:
+            problems.append(f"the microbatch size {data.batch_size // step.num_microbatches} (BATCH_SIZE / "
+                            f"num_microbatches) must be divisible by data x fsdp = {data_parallel} of MESH")
         if config.num_heads % mesh_sizes["tensor"]:
-            problems.append(f"num_heads={config.num_heads} is not divisible by tensor={mesh_sizes['tensor']}")
+            problems.append(f"num_heads={config.num_heads} is not divisible by tensor={mesh_sizes['tensor']} of MESH")
     if problems:
         raise ValueError("Invalid training configuration:\n  - " + "\n  - ".join(problems))
 
 
-def _default_batch_iterator_fn() -> BatchIteratorFn:
-    try:
-        from alexatm_jax.data.pipeline import make_batch_iterator
-    except ImportError as error:
-        raise ValueError(f"The data pipeline (alexatm_jax.data.pipeline) is not available: {error}") from None
-    return make_batch_iterator
+def prepare_run_dir(model_dir, config: ModelConfig, tokenizer_path: str, partitioner) -> None:
+    """Writes config.json, tokenizer.model and partitioning.json (process 0), refusing a directory that holds
+    a run of another model. Nothing is written before the configuration has been validated."""
+    from alexatm_jax.partitioning import save_rules
 
-
-class _Preemption:
-    """Turns SIGTERM / SIGINT into a flag the loop polls, so that it can save before exiting."""
-
-    def __init__(self):
-        self.signal = None
-        self._previous = {}
-
-    def __enter__(self):
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-@gin.configurable
-def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED,
-          mixture_or_task_name: str = "alexatm_demo",
-          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-          mesh: str = "data=-1",
-          model_preset: str = "tiny",
-          model_overrides: Optional[Mapping[str, Any]] = None,
-          logical_axis_rules: Optional[Sequence[Sequence[Any]]] = None,
-          tokenizer_path: Optional[str] = None,
-          init_from: Optional[str] = None,
-          optimizer: str = "adamw",
-          learning_rate: float = 1e-4,
-          min_learning_rate: float = 5e-6,
-          warmup_steps: int = 1000,
-          decay_steps: Optional[int] = None,
-          weight_decay: float = 0.1,
-          adam_b1: float = 0.9,
-          adam_b2: float = 0.98,
-          adam_eps: float = 1e-6,
-          clip_norm: Optional[float] = 1.0,
-          num_microbatches: int = 1,
-          label_smoothing: float = 0.0,
-          z_loss: float = 0.0,
-          freeze_encoder_steps: int = 0,
-          nonfinite: str = "stop",
-          seed: int = 0,
-          data_seed: int = 0,
-          pack: bool = True,
-          log_every_steps: int = 10,
-          checkpoint_every_steps: int = 1000,
-          keep_checkpoints: int = 3,
-          keep_best_checkpoints: int = 0,
-          async_checkpointing: bool = True,
-          eval_every_steps: int = 0,
-          eval_steps: int = 10,
-          eval_mixture_or_task_name: Optional[str] = None,
-          eval_split: str = "validation",
-          eval_only: bool = False,
-          tensorboard: bool = True,
-          peak_flops_per_device: Optional[float] = None,
-          batch_iterator_fn: Optional[BatchIteratorFn] = None) -> dict:
-    """Trains (or resumes training) in ``model_dir``; returns a summary dict (final step, last metrics).
-
-    Macros of the gin files bind the T5X-named arguments: MODEL_DIR, TRAIN_STEPS, BATCH_SIZE (global, in
-    sequences), MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, MESH, LOG_EVERY_STEPS, MODEL_PRESET.
-    ``init_from``: a run directory whose latest ``params`` start this run (fine-tuning); ignored when
-    ``model_dir`` already has checkpoints (then the run resumes).
-    ``eval_only``: restore the latest checkpoint, measure the eval loss, log it, train nothing.
-    ``decay_steps`` (default ``train_steps``) is where the learning rate reaches ``min_learning_rate``.
-    ``nonfinite``: 'stop' raises TrainingError naming the step (the last checkpoint stays the last good
-    one); 'skip' leaves the state unchanged for that batch and goes on.
-    """
-    import jax
-    import numpy as np
-
-    from alexatm_jax import partitioning
-    from alexatm_jax.data import vocab as vocab_lib
-    from alexatm_jax.data import bundled
-    from alexatm_jax.model.transformer import AlexaTMTransformer
-    from alexatm_jax.training import checkpointing, flops, metrics as metrics_lib, optimizer as opt_lib
-    from alexatm_jax.training import step as step_lib
-    from alexatm_jax.training.train_state import StateLayout, TrainState, init_params_boxed
-
-    # ---- Validation: everything that can be wrong is reported before any compilation. ----
-    tokenizer_path = os.path.abspath(tokenizer_path) if tokenizer_path else bundled.bundled_spm_path()
-    vocabulary = vocab_lib.get_vocabulary(tokenizer_path)
-    config = build_model_config(model_preset, model_overrides, vocabulary.vocab_size)
-    rules = partitioning.rules_from_pairs(logical_axis_rules) if logical_axis_rules else partitioning.DEFAULT_RULES
-    mesh_sizes = partitioning.parse_mesh_spec(mesh, jax.device_count())
-    process_count, process_index = jax.process_count(), jax.process_index()
-    validate(model_dir=model_dir, train_steps=train_steps, batch_size=batch_size,
-             task_feature_lengths=task_feature_lengths, mesh_sizes=mesh_sizes, config=config,
-             num_microbatches=num_microbatches, process_count=process_count, log_every_steps=log_every_steps,
-             checkpoint_every_steps=checkpoint_every_steps, eval_every_steps=eval_every_steps,
-             nonfinite=nonfinite, optimizer_name=optimizer)
-    inputs_length, targets_length = int(task_feature_lengths["inputs"]), int(task_feature_lengths["targets"])
-    if batch_iterator_fn is None:
-        from alexatm_jax.data import pipeline as data_pipeline
-        data_pipeline.check_vocabulary(mixture_or_task_name, tokenizer_path)
-    batch_iterator_fn = batch_iterator_fn or _default_batch_iterator_fn()
-
-    # ---- Run directory. ----
-    model_dir = os.path.abspath(model_dir)
-    is_chief = process_index == 0
-    os.makedirs(model_dir, exist_ok=True)
-    config_path = os.path.join(model_dir, "config.json")
-    if os.path.exists(config_path):
-        existing = ModelConfig.from_json(open(config_path, encoding="utf-8").read())
+    root = storage.resolve(model_dir)
+    config_path = root / "config.json"
+    if config_path.exists():
+        try:
+            existing = ModelConfig.from_json(config_path.read_text())
+        except ValueError as error:
+            raise ValueError(f"{config_path} is not a model config ({error}); use a new MODEL_DIR") from None
         if existing != config:
             changed = sorted(k for k, v in config.to_dict().items() if existing.to_dict().get(k) != v)
             raise ValueError(f"{model_dir} holds a run of a different model (fields {changed} differ); "
                              "use a new MODEL_DIR or the same model settings to resume")
-    elif is_chief:
-        atomic_files.write_bytes(config_path, config.to_json().encode())
-    if is_chief:
-        atomic_files.write_bytes(os.path.join(model_dir, "tokenizer.model"), open(tokenizer_path, "rb").read())
+    if jax.process_index() != 0:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    if not config_path.exists():
+        storage.write_text(config_path, config.to_json())
+    storage.write_bytes(root / "tokenizer.model", storage.resolve(tokenizer_path).read_bytes())
+    save_rules(root, partitioner)
 
-    # ---- Mesh, optimiser, state layout, steps. ----
-    device_mesh = partitioning.make_mesh(mesh)
-    model = AlexaTMTransformer(config)
-    schedule = opt_lib.learning_rate_schedule(learning_rate, min_learning_rate, min(warmup_steps, train_steps),
-                                              max(decay_steps or train_steps, min(warmup_steps, train_steps)))
-    abstract_params = jax.eval_shape(
-        lambda: __import__("flax").linen.unbox(init_params_boxed(model, jax.random.PRNGKey(0), inputs_length,
-                                                                 targets_length)))
-    tx = opt_lib.make_optimizer(abstract_params, name=optimizer, schedule=schedule, b1=adam_b1, b2=adam_b2,
-                                eps=adam_eps, weight_decay=weight_decay, clip_norm=clip_norm,
-                                freeze_encoder_steps=freeze_encoder_steps)
-    layout = StateLayout(model, tx, device_mesh, rules, inputs_length, targets_length)
-    batch_sharding = partitioning.data_sharding(device_mesh, rules)
-    options = step_lib.StepOptions(num_microbatches=num_microbatches, label_smoothing=label_smoothing,
-                                   z_loss=z_loss, skip_nonfinite=nonfinite == "skip")
-    train_step = step_lib.make_train_step(layout, schedule, options, batch_sharding)
-    eval_step = step_lib.make_eval_step(layout, options, batch_sharding) if (eval_every_steps or eval_only) else None
-    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
 
-    # ---- Restore or initialise. ----
-    manager = checkpointing.make_manager(model_dir, keep=keep_checkpoints, keep_best=keep_best_checkpoints,
-                                         async_save=async_checkpointing)
-    local_batch = batch_size // process_count
-    train_data = None if eval_only else batch_iterator_fn(
-        mixture_or_task_name, dict(task_feature_lengths), local_batch, split="train", shard_index=process_index,
-        num_shards=process_count, seed=data_seed, pack=pack, shuffle=True, repeat=True)
-    latest = manager.latest_step()
-    if latest is not None:
-        params, opt_state, data_state, meta = checkpointing.restore(manager, latest, layout.abstract)
-        state = TrainState(step=jax.device_put(np.int32(meta["step"]), layout.replicated), params=params,
-                           opt_state=opt_state)
-        if train_data is not None:
-            train_data.restore(data_state)
-        start_step = int(meta["step"])
-    else:
-        state = layout.init(init_rng)
-        if init_from:  # fine-tuning: the weights of another run, a fresh optimiser
-            state = state.replace(params=checkpointing.restore_params(init_from, layout.abstract.params))
-        start_step = 0
+def _batch_iterator_fn(data: DataConfig):
+    if data.batch_iterator_fn is not None:
+        return data.batch_iterator_fn
+    from alexatm_jax.data.pipeline import make_batch_iterator
+    return make_batch_iterator
 
-    flops_per_step = flops.train_step_flops(config, batch_size, inputs_length, targets_length)
-    peak = flops.device_peak_flops(jax.devices()[0].device_kind, config.dtype, peak_flops_per_device)
-    writer = metrics_lib.MetricsWriter(model_dir, enabled=is_chief, tensorboard=tensorboard,
-                                       total_steps=train_steps, initial_step=start_step)
-    if latest is not None:
-        writer.message(f"Resumed from step {start_step} ({checkpointing.checkpoint_dir(model_dir)})")
-    meta_base = dict(model_preset=model_preset, mesh=mesh, batch_size=batch_size,
-                     task_feature_lengths=dict(task_feature_lengths), mixture_or_task_name=mixture_or_task_name,
-                     process_count=process_count, device_count=jax.device_count())
 
-    def to_global(local: dict) -> dict:
-        missing = [k for k in step_lib.BATCH_FEATURES if k not in local]
-        if missing:
-            raise ValueError(f"The batch iterator gave no {missing}: it must yield all of "
-                             f"{step_lib.BATCH_FEATURES}")
-        return {k: jax.make_array_from_process_local_data(
-                    batch_sharding, np.asarray(local[k], np.float32 if k == "decoder_loss_weights" else np.int32))
-                for k in step_lib.BATCH_FEATURES}
+def _make_evaluate(eval_step, data: DataConfig, evaluation: EvalConfig, partitioner, mixture_or_task_name: str):
+    iterator_fn = _batch_iterator_fn(data)
+    local_batch = data.batch_size // jax.process_count()
 
-    def evaluate() -> float:
-        data = batch_iterator_fn(eval_mixture_or_task_name or mixture_or_task_name, dict(task_feature_lengths),
-                                 local_batch, split=eval_split, shard_index=process_index,
-                                 num_shards=process_count, seed=data_seed, pack=pack, shuffle=False, repeat=True)
+    def evaluate(params) -> float:
+        iterator = iterator_fn(data.eval_mixture_or_task_name or mixture_or_task_name, dict(data.task_feature_lengths),
+                               local_batch, split=data.eval_split, shard_index=jax.process_index(),
+                               num_shards=jax.process_count(), seed=data.seed, pack=data.pack, shuffle=False,
+                               repeat=True)
+        batches = GlobalBatches(iterator, partitioner)
         total_loss = total_weight = 0.0
-        for _ in range(eval_steps):
-            sums = eval_step(state.params, to_global(next(data)))
-            total_loss += scalar(sums.loss)
-            total_weight += scalar(sums.weight)
+        for _ in range(evaluation.steps):
+            sums = eval_step(params, next(batches))
+            total_loss += host_scalar(sums.loss)
+            total_weight += host_scalar(sums.weight)
         return total_loss / max(total_weight, 1.0)
 
-    def check_finite(first_bad, last_saved):
-        bad = int(scalar(first_bad))
-        if bad >= 0 and nonfinite == "stop":
-            where = (f"the last good checkpoint is step {last_saved} in {checkpointing.checkpoint_dir(model_dir)}"
-                     if last_saved is not None else "no checkpoint was saved")
-            raise TrainingError(
-                f"Non-finite loss or gradients at step {bad + 1} (update {bad} -> {bad + 1}); training stopped "
-                f"and {where}. Lower the learning rate, enable clipping, or bind train.nonfinite='skip'.")
+    return evaluate
 
-    def scalar(x) -> float:
-        # Replicated outputs are not fully addressable in multi-process runs: read the local copy.
-        return float(np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x)
 
-    if eval_only:
-        if latest is None:
-            raise ValueError(f"eval_only: no checkpoint in {checkpointing.checkpoint_dir(model_dir)}")
-        eval_loss = evaluate()
-        writer.write(start_step, {"eval_loss": eval_loss})
-        writer.close()
-        manager.close()
-        return {"status": "evaluated", "step": start_step, "metrics": {}, "eval_loss": eval_loss,
-                "model_dir": model_dir}
+def _restore_or_init(layout, manager, init_rng, init_from, report, with_data: bool):
+    """(state, start_step, data_state): the newest readable checkpoint, else a fresh state (with the
+    parameters of ``init_from`` for fine-tuning: a run directory or an exported model directory)."""
+    from alexatm_jax.training import checkpointing
+    from alexatm_jax.training.train_state import TrainState
 
-    # ---- The loop. ----
-    import jax.numpy as jnp
-    first_bad = jnp.array(-1, jnp.int32)  # step index of the first non-finite update; -1 none (on device)
-    track_bad = jax.jit(lambda fb, finite, s: jnp.where((fb < 0) & (finite < 1), s, fb))
-    last_saved = latest
-    last_metrics: dict = {}
-    eval_loss = None
-    step = start_step
-    interval_start, interval_steps, interval_tokens = time.time(), 0, None
-    skipped = jnp.zeros((), jnp.float32)
-    result = {"status": "done"}
+    restored = checkpointing.restore_latest(manager, layout.abstract, with_data=with_data, report=report)
+    if restored is not None:
+        step, params, opt_state, data_state, meta = restored
+        state = TrainState(step=jax.device_put(np.int32(step), layout.partitioner.replicated), params=params,
+                           opt_state=opt_state)
+        report(f"Resumed from step {step} ({checkpointing.checkpoint_dir(manager.directory.parent)})")
+        return state, step, data_state
+    if init_from:
+        from alexatm_jax.checkpoints import model_dir as model_dir_lib
+        _, params = model_dir_lib.restore_params(init_from, layout.abstract.params)
+        report(f"Initialised from {init_from}")
+        return layout.init(init_rng, params), 0, None
+    return layout.init(init_rng), 0, None
+
+
+@gin.configurable(module="alexatm_jax")
+@cleaned_up_on_early_failure  # a run that fails before it has trained leaves MODEL_DIR as it found it
+def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+          model_config: ModelConfig = gin.REQUIRED, *,
+          data: Optional[DataConfig] = None, optimizer: Optional[OptimizerConfig] = None,
+          checkpoint: Optional[CheckpointConfig] = None, logging: Optional[LoggingConfig] = None,
+          evaluation: Optional[EvalConfig] = None, step: Optional[StepConfig] = None,
+          mesh: str = "data=-1", logical_axis_rules: Optional[Sequence[Sequence[Any]]] = None,
+          init_from: Optional[str] = None, seed: int = 0, eval_only: bool = False) -> dict:
+    """Trains (or resumes training) in ``model_dir``; returns a summary dict (status, step, last metrics).
+
+    The dataclass arguments default to their gin-bound instances (``DataConfig.batch_size = %BATCH_SIZE`` in
+    the run files). ``init_from``: a run or model directory whose parameters start this run (fine-tuning, fresh
+    optimiser); ignored when ``model_dir`` already has checkpoints (then the run resumes). ``eval_only``:
+    restore the newest checkpoint, measure the held-out loss, log it, train nothing.
+    """
+    from alexatm_jax import partitioning
+    from alexatm_jax.data import bundled, vocab as vocab_lib
+    from alexatm_jax.models import EncoderDecoderModel
+    from alexatm_jax.training import checkpointing, flops, metrics as metrics_lib, step as step_lib
+    from alexatm_jax.training.train_state import StateLayout
+
+    data, optimizer = data or DataConfig(), optimizer or OptimizerConfig()
+    checkpoint, logging, evaluation = checkpoint or CheckpointConfig(), logging or LoggingConfig(), evaluation or EvalConfig()
+    step = step or StepConfig()
+
+    # ---- Validation: everything that can be wrong is reported before anything is written or compiled. ----
+    config = plain_model_config(model_config)
+    tokenizer_path = str(storage.resolve(data.tokenizer_path)) if data.tokenizer_path else bundled.bundled_spm_path()
+    vocabulary = vocab_lib.get_vocabulary(tokenizer_path)
+    rules = partitioning.rules_from_pairs(logical_axis_rules) if logical_axis_rules else None
+    mesh_sizes = partitioning.parse_mesh_spec(mesh, jax.device_count())
+    validate(model_dir=model_dir, train_steps=train_steps, config=config, data=data, optimizer=optimizer,
+             checkpoint=checkpoint, logging=logging, evaluation=evaluation, step=step, mesh_sizes=mesh_sizes,
+             extra=check_model_against_vocabulary(config, vocabulary, tokenizer_path)
+             + ([] if isinstance(seed, int) and not isinstance(seed, bool) else [f"train.seed must be an integer, got {seed!r}"]))
+    if data.batch_iterator_fn is None:
+        from alexatm_jax.data import pipeline as data_pipeline
+        data_pipeline.check_vocabulary(data.mixture_or_task_name, tokenizer_path)
+
+    # ---- The objects every step goes through. ----
+    model = EncoderDecoderModel(config)
+    partitioner = partitioning.Partitioner(mesh, rules)
+    tx, schedule = optimizer.build(model.abstract_params(), train_steps)
+    layout = StateLayout(model, tx, partitioner)
+    divisibility = partitioner.divisibility_problems(model.abstract_params(), model.param_logical_specs())
+    if divisibility:
+        raise ValueError("MESH cannot lay this model out: " + "; ".join(divisibility[:6]) +
+                         ". Change the mesh sizes (e.g. a tensor axis that divides num_heads and the FFN width).")
+    prepare_run_dir(model_dir, config, tokenizer_path, partitioner)
+
+    writer = metrics_lib.RunWriter(model_dir, enabled=jax.process_index() == 0, tensorboard=logging.tensorboard,
+                                   total_steps=train_steps)
+    manager = checkpointing.make_manager(model_dir, keep=checkpoint.keep, keep_best=checkpoint.keep_best,
+                                         async_save=checkpoint.async_save)
+    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+    options = step_lib.StepOptions(num_microbatches=step.num_microbatches, label_smoothing=step.label_smoothing,
+                                   z_loss=step.z_loss, skip_nonfinite=step.nonfinite == "skip")
+    evaluate = None
+    if evaluation.every_steps or eval_only:
+        evaluate = _make_evaluate(step_lib.make_eval_step(layout, options), data, evaluation, partitioner,
+                                  data.mixture_or_task_name)
     try:
-        with _Preemption() as preemption:
-            while step < train_steps:
-                batch = to_global(next(train_data))
-                state, step_metrics = train_step(state, batch, dropout_rng)
-                first_bad = track_bad(first_bad, step_metrics["finite"], step)
-                skipped = skipped + (1.0 - step_metrics["finite"])
-                step += 1
-                interval_steps += 1
-                tokens = step_metrics["weight"] + batch_sharding_tokens(batch["encoder_segment_ids"])
-                interval_tokens = tokens if interval_tokens is None else interval_tokens + tokens
-                at_log = step % log_every_steps == 0 or step == train_steps or step == start_step + 1
-                at_eval = bool(eval_every_steps) and (step % eval_every_steps == 0 or step == train_steps)
-                at_save = (checkpoint_every_steps and step % checkpoint_every_steps == 0) or step == train_steps
-                preempted = preemption.signal is not None
-                if at_log or at_save or at_eval or preempted:
-                    check_finite(first_bad, last_saved)
-                if at_log:
-                    values = {k: scalar(v) for k, v in step_metrics.items() if k not in ("finite", "weight")}
-                    elapsed = time.time() - interval_start
-                    step_time = elapsed / interval_steps
-                    values.update(
-                        tokens_per_second=scalar(interval_tokens) / elapsed,
-                        step_time=step_time,
-                        flops_per_step=flops_per_step,
-                        mfu=(flops_per_step / step_time / (peak * jax.device_count())) if peak else None,
-                        target_tokens=scalar(step_metrics["weight"]))
-                    if nonfinite == "skip":
-                        values["skipped_updates"] = scalar(skipped)
-                    writer.write(step, values)
-                    last_metrics = values
-                    interval_start, interval_steps, interval_tokens = time.time(), 0, None
-                writer.advance(step, last_metrics.get("loss"))
-                if at_eval:
-                    eval_loss = evaluate()
-                    writer.write(step, {"eval_loss": eval_loss})
-                if at_save or preempted:
-                    checkpointing.save(manager, step, state, train_data.state(), meta_base, eval_loss=eval_loss,
-                                       force=True)
-                    last_saved = step
-                if preempted:
-                    writer.message(f"Signal {preemption.signal} received: saved step {step}, stopping.")
-                    result["status"] = "preempted"
-                    break
+        state, start_step, data_state = _restore_or_init(
+            layout, manager, init_rng, init_from, writer.message, with_data=data.resume_data_state and not eval_only)
+        if eval_only:
+            if manager.latest_step() is None:
+                raise ValueError(f"eval_only: no checkpoint in {checkpointing.checkpoint_dir(model_dir)}")
+            eval_loss = evaluate(state.params)
+            writer.write(start_step, {"eval_loss": eval_loss})
+            return {"status": "evaluated", "step": start_step, "metrics": {}, "eval_loss": eval_loss,
+                    "model_dir": model_dir}
+
+        iterator = _batch_iterator_fn(data)(
+            data.mixture_or_task_name, dict(data.task_feature_lengths), data.batch_size // jax.process_count(),
+            split="train", shard_index=jax.process_index(), num_shards=jax.process_count(), seed=data.seed,
+            pack=data.pack, shuffle=True, repeat=True)
+        if data_state is not None:
+            iterator.restore(data_state)
+        batches = GlobalBatches(iterator, partitioner)
+
+        meta = dict(mesh=mesh, batch_size=data.batch_size, task_feature_lengths=dict(data.task_feature_lengths),
+                    mixture_or_task_name=data.mixture_or_task_name, process_count=jax.process_count(),
+                    device_count=jax.device_count())
+        nonfinite = NonFiniteHook(step.nonfinite, (logging.every_steps, checkpoint.every_steps,
+                                                   evaluation.every_steps), train_steps)
+        logging_hook = LoggingHook(
+            logging.every_steps, train_steps,
+            flops.train_step_flops(config, data.batch_size, data.inputs_length, data.targets_length),
+            flops.device_peak_flops(jax.devices()[0], config.dtype, logging.peak_flops_per_device), nonfinite)
+        hooks = [PreemptionHook(manager), nonfinite, logging_hook]
+        eval_hook = EvalHook(evaluation.every_steps, train_steps, evaluate) if evaluation.every_steps else None
+        if eval_hook:
+            hooks.append(eval_hook)
+        hooks.append(CheckpointHook(manager, checkpoint.every_steps, train_steps, batches.state, meta))
+        trainer = Trainer(step_lib.make_train_step(layout, schedule, options), batches, hooks,
+                          train_steps=train_steps, rng=dropout_rng, writer=writer,
+                          checkpoint_dir=checkpointing.checkpoint_dir(model_dir))
+        trainer.last_saved_step = start_step if start_step else None
+        nonfinite.last_saved = trainer.last_saved_step
+        state, info = trainer.fit(state, start_step)
     finally:
         manager.wait_until_finished()
         manager.close()
         writer.close()
-    result.update(step=step, metrics=last_metrics, eval_loss=eval_loss, model_dir=model_dir)
-    return result
-
-
-def batch_sharding_tokens(segment_ids):
-    """Non-padding encoder tokens of a global [B, L] segment-id array (a device scalar)."""
-    import jax.numpy as jnp
-    return jnp.sum(segment_ids > 0).astype(jnp.float32)
+    final_step = info.step if info is not None else start_step
+    return {"status": "preempted" if info is not None and info.stop else "done", "step": final_step,
+            "metrics": logging_hook.last_values, "eval_loss": eval_hook.last_eval_loss if eval_hook else None,
+            "model_dir": model_dir}
