@@ -34,7 +34,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from alexatm_jax.data import debian_labels, preprocessors, vocab as vocab_lib
+from alexatm_jax.data import debian_labels, preprocessors, tasks, vocab as vocab_lib
 
 TASK_NAME = "debian_section"
 LANGS = ("en", "it", "fr", "de", "ja", "ru", "es", "pt")
@@ -43,7 +43,7 @@ SEQIO_SPLITS = {"train": "train", "validation": "dev", "test": "test"}
 STRING_FEATURES = ("id", "lang", "inputs", "targets")
 
 
-class InMemoryExamplesSource(seqio.DataSource):
+class InMemoryExamplesSource(tasks.InMemorySource):
     """Examples (dicts of the string features ``STRING_FEATURES``) held in memory; sharded by example index
     (example ``i`` belongs to shard ``i % num_shards``), so processes read disjoint examples whatever their seeds.
 
@@ -52,32 +52,8 @@ class InMemoryExamplesSource(seqio.DataSource):
     ``ExamplesTask`` reads a shard's examples by position (``shard_tables``), reordered every epoch.
     """
 
-    def __init__(self, loader: Callable[[str], List[dict]], splits: Sequence[str], description: str):
-        self._loader = loader
-        self._cache: Dict[str, List[dict]] = {}
-        self._tables: Dict[tuple, Dict[str, np.ndarray]] = {}
-        self._description = description
-        super().__init__(splits=splits, num_input_examples=None, caching_permitted=False)
-
-    def __repr__(self):
-        return f"InMemoryExamplesSource({self._description})"
-
     def examples(self, split: str) -> List[dict]:
-        if split not in self.splits:
-            raise ValueError(f"{self._description} has no split {split!r}: it has {', '.join(self.splits)}")
-        if split not in self._cache:
-            self._cache[split] = self._loader(split)
-        return self._cache[split]
-
-    def num_input_examples(self, split: str) -> int:
-        return len(self.examples(split))
-
-    @property
-    def supports_arbitrary_sharding(self) -> bool:
-        return True
-
-    def list_shards(self, split: str) -> Sequence[str]:
-        return [split]
+        return self.records(split)
 
     def shard_tables(self, split: str, shard_info: Optional[seqio.ShardInfo]) -> Dict[str, np.ndarray]:
         """One shard's examples as ``{feature: string array [num_examples]}`` (record order), cached."""

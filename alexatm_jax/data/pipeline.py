@@ -34,8 +34,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-BATCH_KEYS = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions", "decoder_input_tokens",
-              "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids", "decoder_positions")
+from alexatm_jax.features import BATCH_FEATURES
+
+BATCH_KEYS = BATCH_FEATURES  # the names live in alexatm_jax.features
 # 1: tf.data iterator checkpoints (could not be restored twice); 2: positions or a replay count.
 STATE_VERSION = 2
 # The data modules whose source decides which example sits at which position.

@@ -57,7 +57,39 @@ PREFIX = "alexatm_demo"
 
 
 # ------------------------------------------------------------------------------------------- sources
-class InMemoryTextSource(seqio.DataSource):
+class InMemorySource(seqio.DataSource):
+    """Records held in memory, loaded once per split by ``loader(split)`` (cached), with random access: the
+    tasks built on a subclass read a shard's records by position. ``records(split)`` is the whole split."""
+
+    def __init__(self, loader: Callable[[str], list], splits: Sequence[str], description: str):
+        self._loader = loader
+        self._cache: Dict[str, list] = {}
+        self._tables: Dict[tuple, object] = {}
+        self._description = description
+        super().__init__(splits=splits, num_input_examples=None, caching_permitted=False)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self._description})"
+
+    def records(self, split: str) -> list:
+        if split not in self.splits:
+            raise ValueError(f"{self._description} has no split {split!r}: it has {', '.join(self.splits)}")
+        if split not in self._cache:
+            self._cache[split] = self._loader(split)
+        return self._cache[split]
+
+    def num_input_examples(self, split: str) -> int:
+        return len(self.records(split))
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
+
+    def list_shards(self, split: str) -> Sequence[str]:
+        return [split]
+
+
+class InMemoryTextSource(InMemorySource):
     """Documents ``{"text": str}`` held in memory, sharded by record index (record ``i`` belongs to shard
     ``i % num_shards``), so processes with any seeds read disjoint records.
 
@@ -66,32 +98,8 @@ class InMemoryTextSource(seqio.DataSource):
     turn the table into examples by position, reordering documents every epoch without a shuffle buffer.
     """
 
-    def __init__(self, loader: Callable[[str], List[str]], splits: Sequence[str], description: str):
-        self._loader = loader
-        self._cache: Dict[str, List[str]] = {}
-        self._tables: Dict[tuple, tuple] = {}
-        self._description = description
-        super().__init__(splits=splits, num_input_examples=None, caching_permitted=False)
-
-    def __repr__(self):
-        return f"InMemoryTextSource({self._description})"
-
     def texts(self, split: str) -> List[str]:
-        if split not in self.splits:
-            raise ValueError(f"{self._description} has no split {split!r}: it has {', '.join(self.splits)}")
-        if split not in self._cache:
-            self._cache[split] = self._loader(split)
-        return self._cache[split]
-
-    def num_input_examples(self, split: str) -> int:
-        return len(self.texts(split))
-
-    @property
-    def supports_arbitrary_sharding(self) -> bool:
-        return True
-
-    def list_shards(self, split: str) -> Sequence[str]:
-        return [split]
+        return self.records(split)
 
     def shard_texts(self, split: str, shard_info: Optional[seqio.ShardInfo]) -> List[str]:
         """The texts of one shard, in record order: records ``index, index + num_shards, ...``."""
