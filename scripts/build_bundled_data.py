@@ -44,11 +44,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alexatm_jax.data import decontamination  # noqa: E402
 from alexatm_jax.data import tokenizer_training  # noqa: E402
+from alexatm_jax.data.bundled import DEBIAN_LANGS, LANGS  # noqa: E402
 
-LANGS = ("ar", "en", "fr", "de", "hi", "it", "ja", "mr", "pt", "es", "ta", "te")
 UDHR_CODES = {"ar": "arb", "en": "eng", "fr": "fra", "de": "deu_1996", "hi": "hin", "it": "ita",
               "ja": "jpn", "mr": "mar", "pt": "por_PT", "es": "spa", "ta": "tam", "te": "tel"}
-DEBIAN_LANGS = ("en", "it", "fr", "de", "ja", "ru", "es", "pt")  # ru is evaluation-only (not an AlexaTM lang)
 DEBIAN_PRETRAIN_LANGS = tuple(lang for lang in DEBIAN_LANGS if lang in LANGS)
 
 UDHR_DEV, UDHR_TEST = 20, 24          # of ~56 paragraphs present in all 12 languages; the rest is pretraining

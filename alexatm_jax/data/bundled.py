@@ -16,6 +16,8 @@ from typing import Dict, Iterator
 
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled")
 LANGS = ("ar", "en", "fr", "de", "hi", "it", "ja", "mr", "pt", "es", "ta", "te")
+# The languages of the Debian description translations (held-out sets, NLU labels); ru is evaluation-only.
+DEBIAN_LANGS = ("en", "it", "fr", "de", "ja", "ru", "es", "pt")
 PRETRAIN_SPLITS = ("train", "validation")
 HELDOUT_NAMES = ("udhr_parallel", "debian_translation", "debian_summarization")
 NLU_NAMES = ("debian_section",)

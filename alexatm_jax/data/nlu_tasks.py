@@ -34,10 +34,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from alexatm_jax.data import debian_labels, preprocessors, tasks, vocab as vocab_lib
+from alexatm_jax.data import bundled, debian_labels, preprocessors, tasks, vocab as vocab_lib
 
 TASK_NAME = "debian_section"
-LANGS = ("en", "it", "fr", "de", "ja", "ru", "es", "pt")
+LANGS = bundled.DEBIAN_LANGS
 # seqio split name -> the bundled file's split name.
 SEQIO_SPLITS = {"train": "train", "validation": "dev", "test": "test"}
 STRING_FEATURES = ("id", "lang", "inputs", "targets")
