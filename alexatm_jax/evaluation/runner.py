@@ -126,15 +126,19 @@ class PromptEncoder:
         return [list(s) for s in sorted(stops)]
 
 
-def _pad_batch(rows: Sequence[Sequence[int]], pad_id: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(r) for r in rows)
-    width = min(-(-width // LENGTH_BUCKET) * LENGTH_BUCKET, max(limit, width))
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged id rows -> right-padded ids [B, width] int32 and their 0/1 mask."""
     ids = np.full((len(rows), width), pad_id, np.int32)
     mask = np.zeros((len(rows), width), np.int32)
     for i, row in enumerate(rows):
         ids[i, :len(row)] = row
         mask[i, :len(row)] = 1
     return ids, mask
+
+
+def _pad_batch(rows: Sequence[Sequence[int]], pad_id: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(r) for r in rows)
+    return pad_rows(rows, pad_id, min(-(-width // LENGTH_BUCKET) * LENGTH_BUCKET, max(limit, width)))
 
 
 def _batches(order: Sequence[int], batch_size: int):

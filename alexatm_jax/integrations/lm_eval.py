@@ -92,6 +92,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from alexatm_jax.evaluation.runner import pad_rows
+
 MODEL_NAME = "alexatm_jax"
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_GEN_TOKS = 256
@@ -155,13 +157,7 @@ def _padded(rows: Sequence[Sequence[int]], pad_id: int, limit: int) -> tuple[np.
     capped at ``limit``, so that few shapes compile."""
     longest = max(len(row) for row in rows)
     bucket = LENGTH_BUCKET if longest <= 4 * LENGTH_BUCKET else 4 * LENGTH_BUCKET
-    width = max(longest, min(-(-longest // bucket) * bucket, limit))
-    ids = np.full((len(rows), width), pad_id, np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = row
-        mask[i, :len(row)] = 1
-    return ids, mask
+    return pad_rows(rows, pad_id, max(longest, min(-(-longest // bucket) * bucket, limit)))
 
 
 def _fill_rows(arrays: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
