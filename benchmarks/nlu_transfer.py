@@ -9,10 +9,10 @@ Runs, each stage with the repository's own CLI (the commands are recorded in the
 
 1. ``alexatm-jax train`` with ``runs/pretrain.gin`` on the bundled ``alexatm_demo`` mixture (12 languages,
    denoising + CLM), ``--pretrain-steps`` steps;
-2. ``alexatm-jax train`` with ``runs/finetune_debian_section.gin`` on the English Debian section task (24
+2. ``alexatm-jax train`` with ``runs/finetune_debian_section.gin`` on the English Debian section task (16
    classes, 4000 descriptions), twice with the same steps and data: from the pretrained run (``INIT_FROM``)
    and from a random initialisation (``INIT_FROM=None``);
-3. ``alexatm-jax eval --task debian_section --langs all --shots 0`` on both: rank classification over the 24
+3. ``alexatm-jax eval --task debian_section --langs all --shots 0`` on both: rank classification over the 16
    section names on the 200 test descriptions of each of the 8 languages (the same descriptions, translated;
    7 of the languages were never seen in fine-tuning).
 
@@ -35,6 +35,11 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _label_count() -> int:
+    with open(os.path.join(REPO, "alexatm_jax", "data", "bundled", "manifest.json"), encoding="utf-8") as f:
+        return len(json.load(f)["nlu"]["debian_section"]["labels"])
 
 
 def _cli() -> list[str]:
@@ -182,7 +187,7 @@ def write_report(results: dict, out: str) -> None:
         f"{settings['finetune_batch_size']} packed rows of {settings['finetune_length']}+8 tokens, dropout 0, on the "
         f"English train split (4000 descriptions), same data order for both",
         "- evaluation: `alexatm-jax eval --task debian_section --langs all --shots 0`: **rank classification** "
-        "over the 24 section names (each scored by its log-likelihood as the target; the best one is the "
+        f"over the {_label_count()} section names (each scored by its log-likelihood as the target; the best one is the "
         "prediction, so every prediction is a valid label), 200 test descriptions per language, the same ones "
         "in all 8 languages; ± is the standard error sqrt(p(1-p)/n)",
         "- majority class: the most frequent label of the English train split, predicted for every test example",
@@ -222,7 +227,7 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune-length", type=int, default=128,
                         help="fine-tuning inputs length (the run file's 256 costs twice the CPU time per row)")
     parser.add_argument("--eval-batch-size", type=int, default=96,
-                        help="alexatm-jax eval --batch-size: label scores per call (96 = 4 prompts x 24 labels)")
+                        help="alexatm-jax eval --batch-size: label scores per call (96 = 6 prompts x 16 labels)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N test examples per language")
     parser.add_argument("--stop-after", choices=("pretrain", "finetune"),
                         help="run the stages up to this one and stop (the rest reuse them later)")

@@ -14,7 +14,8 @@ What it writes (all deterministic: the same input gives the same bytes):
 - ``nlu/debian_section.jsonl.gz``: Debian descriptions labelled with their archive section (and debtags), one
   line per description and language ``{"id","md5","lang","split","summary","description","section","tags"}``:
   an English ``train`` split and ``dev``/``test`` splits that are parallel across the 8 Debian languages (the
-  same md5s in each). Labels are the sections holding at least 1% of the labelled descriptions.
+  same md5s in each). Labels are the sections of the dev/test descriptions; the English training descriptions
+  are drawn per section to the dev/test label distribution, so train and test are one population.
 - ``spm/alexatm_demo.model`` (+ ``.vocab``): a SentencePiece unigram model trained on the pretraining text.
 - ``manifest.json``: document/character/token counts per language and split (the mixture's language rates
   are computed from the token counts) and a SHA-256 of every file.
@@ -58,6 +59,7 @@ DEBIAN_PRETRAIN_CAP = {"en": 3000, "it": 2000, "fr": 2000, "de": 2000, "ja": 200
 NLU_LABEL_SHARE = 0.01                # a section is a label if it holds >= 1% of the usable labelled descriptions
 NLU_TRAIN = 4000                      # English training descriptions
 NLU_DEV, NLU_TEST = 50, 200           # descriptions per language (the same md5s in every language)
+NLU_MIN_PER_LABEL = 40                # training descriptions per label at least
 VALIDATION_FRACTION = 0.03
 SPM_VOCAB_SIZE = 8092  # + 100 seqio extra_ids (T5 sentinels) = 8192 = the tiny preset's vocab_size
 
@@ -298,24 +300,63 @@ def choose_nlu_eval(candidates, pretrain_docs):
     return [("dev" if i < NLU_DEV else "test", e) for i, e in enumerate(chosen)]
 
 
-def choose_nlu_train(candidates, eval_chosen):
-    """``NLU_TRAIN`` English training entries in hash order, none of them a dev/test md5 nor sharing an English
-    13-gram (or a whole short text) with one, so near-copies of test descriptions are not trained on."""
+def eval_label_set(eval_chosen, labels):
+    """The labels: the sections that occur among the dev/test descriptions. A label the evaluation never asks
+    for would only be a distractor that training pushes up."""
+    return sorted({labels[e["md5"]]["section"] for _, e in eval_chosen})
+
+
+def train_quotas(eval_chosen, labels, n_train):
+    """Training examples per section: proportional to the dev/test label distribution (largest remainders),
+    with at least ``NLU_MIN_PER_LABEL`` each so every label is learnable.
+
+    Why stratify: the dev/test descriptions are the ones translated into all 8 languages, mostly end-user
+    programs (utils, admin, x11, games), while a plain sample of English descriptions is mostly libraries and
+    language bindings (python, libdevel, perl). Trained on the latter, a classifier learns the wrong prior and
+    its test accuracy says little; drawn to the same label distribution, train and test are one population and
+    the majority class is the same in both."""
+    counts = collections.Counter(labels[e["md5"]]["section"] for _, e in eval_chosen)
+    total = sum(counts.values())
+    spare = n_train - NLU_MIN_PER_LABEL * len(counts)
+    exact = {s: spare * n / total for s, n in counts.items()}
+    quotas = {s: NLU_MIN_PER_LABEL + int(x) for s, x in exact.items()}
+    for s in sorted(exact, key=lambda s: (-(exact[s] - int(exact[s])), s))[:n_train - sum(quotas.values())]:
+        quotas[s] += 1
+    return quotas
+
+
+def choose_nlu_train(candidates, eval_chosen, labels):
+    """``NLU_TRAIN`` English training entries drawn per section to ``train_quotas``: none is a dev/test md5 or
+    shares an English 13-gram (or a whole short text) with one, so near-copies of test descriptions are not
+    trained on. Within a section, descriptions translated into more languages come first (the population the
+    dev/test set is drawn from), then hash order."""
     eval_md5 = {e["md5"] for _, e in eval_chosen}
     eval_keys = set()
     for _, e in eval_chosen:
         en = e["langs"]["en"]
         eval_keys |= decontamination.ngram_keys(en["summary"], "en") | decontamination.ngram_keys(en["description"], "en")
+    quotas = train_quotas(eval_chosen, labels, NLU_TRAIN)
     train = []
-    for entry in sorted(candidates, key=lambda e: _order_key("debian_section", e["md5"])):
-        if entry["md5"] in eval_md5:
-            continue
-        en = entry["langs"]["en"]
-        if decontamination.document_keys(en["summary"] + "\n\n" + en["description"], "en") & eval_keys:
-            continue
-        train.append(entry)
-        if len(train) == NLU_TRAIN:
-            break
+    by_section = collections.defaultdict(list)
+    for entry in candidates:
+        section = labels[entry["md5"]]["section"]
+        if section in quotas and entry["md5"] not in eval_md5:
+            by_section[section].append(entry)
+    for section in sorted(quotas):
+        taken = []
+        for entry in sorted(by_section[section],
+                            key=lambda e: (-len(e["langs"]), _order_key("debian_section", e["md5"]))):
+            en = entry["langs"]["en"]
+            if decontamination.document_keys(en["summary"] + "\n\n" + en["description"], "en") & eval_keys:
+                continue
+            taken.append(entry)
+            if len(taken) == quotas[section]:
+                break
+        if len(taken) < quotas[section]:
+            raise SystemExit(f"debian_section: only {len(taken)} English training descriptions of section "
+                             f"{section!r} for a quota of {quotas[section]}: lower NLU_TRAIN")
+        train += taken
+    train.sort(key=lambda e: _order_key("debian_section", e["md5"]))
     return train
 
 
@@ -350,7 +391,10 @@ def nlu_summary(records, label_set):
     return {
         "file": "nlu/debian_section.jsonl.gz",
         "labels": label_set,
-        "label_rule": f"sections holding >= {NLU_LABEL_SHARE:.0%} of the usable labelled descriptions",
+        "label_rule": f"the sections of the dev/test descriptions (candidates: sections holding >= {NLU_LABEL_SHARE:.0%} "
+                      "of the usable labelled descriptions)",
+        "train_rule": f"English descriptions drawn per section in proportion to the dev/test label distribution "
+                      f"(at least {NLU_MIN_PER_LABEL} a label), most-translated first",
         "counts": {split: dict(sorted(by_lang.items())) for split, by_lang in counts.items()},
         "label_counts": {f"{split}/en": dict(sorted(labels_by[(split, "en")].items())) for split in ("train", "dev", "test")},
         "majority_class": majority,
@@ -419,7 +463,8 @@ def main(argv=None):
     without_nlu, _ = decontaminate(udhr_pretrain + debian_pretrain_pool(entries, held_md5),
                                    heldout_keys(udhr_heldout, chosen))
     nlu_eval = choose_nlu_eval(candidates, without_nlu)
-    nlu = nlu_records(choose_nlu_train(candidates, nlu_eval), nlu_eval, labels)
+    label_set = eval_label_set(nlu_eval, labels)
+    nlu = nlu_records(choose_nlu_train(candidates, nlu_eval, labels), nlu_eval, labels)
     all_held = chosen + nlu_eval
     debian_pretrain = debian_pretrain_pool(entries, {e["md5"] for _, e in all_held})
 

@@ -182,6 +182,18 @@ def test_section_counts_and_labels_match_the_manifest(sections):
         assert info["majority_accuracy"][split][lang] == pytest.approx(hits / n, abs=1e-4)
 
 
+def test_section_train_and_test_are_one_population(sections):
+    """The English training descriptions follow the dev/test label distribution (drawn per section to it), so
+    the majority class is the same in both and a classifier's test accuracy measures what it learned."""
+    train = collections.Counter(r["section"] for r in sections if r["split"] == "train")
+    held = collections.Counter(r["section"] for r in sections if r["split"] != "train" and r["lang"] == "en")
+    n_train, n_held = sum(train.values()), sum(held.values())
+    total_variation = 0.5 * sum(abs(train[s] / n_train - held[s] / n_held) for s in set(train) | set(held))
+    assert total_variation < 0.1, total_variation
+    assert max(train, key=train.get) == max(held, key=held.get)
+    assert set(train) == set(held) == set(bundled.manifest()["nlu"]["debian_section"]["labels"])
+
+
 def test_section_eval_md5s_are_new_and_not_pretrained_on(pretrain, heldout, sections):
     """No dev/test md5 (in any language) is a pretraining document, and none of the section task's md5s (train
     included) is in the older held-out Debian sets."""

@@ -71,7 +71,7 @@ def test_rank_classification_scores_every_label_and_predicts_the_best(lm):
     pairs = runner.evaluate(PairsOnly(lm), card, [0], limit=3, progress=False, batch_size=16)["runs"][0]
     labels = set(card.choices.values())
     for fast, slow in zip(shared["examples"], pairs["examples"]):
-        assert set(fast["choice_scores"]) == labels and len(labels) == 24
+        assert set(fast["choice_scores"]) == labels and len(labels) == 16
         # The prediction is always one of the labels: the best-scoring one.
         assert fast["prediction"] in labels
         assert fast["prediction"] == max(fast["choice_scores"], key=fast["choice_scores"].get)
@@ -130,7 +130,7 @@ def test_per_language_table_on_a_known_case(lm, labelled_file):
         assert rows[lang]["baseline"]["value"] == 0.25
         assert rows[lang]["baseline"]["stderr"] == pytest.approx(math.sqrt(0.25 * 0.75 / 4))
     table = languages.markdown_table(results)
-    assert "rank classification over the card's 24 labels" in table
+    assert "rank classification over the card's 16 labels" in table
     assert "always `perl`, the most frequent label of the train split (en) (5 examples)" in table
     assert "| language | shots | examples | accuracy % | majority baseline % |" in table
     assert "| en | 0 | 4 | 100.0 ± 0.0 | 25.0 ± 21.7 |" in table
