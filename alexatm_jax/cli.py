@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "convert_pytorch",
     "export_pytorch",
     "generate",
+    "distill_targets",
     "eval",
     "demo",
 )

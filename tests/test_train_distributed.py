@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from test_train_support import free_port
 
@@ -23,19 +24,21 @@ def _env(devices: int) -> dict:
                 PYTHONPATH=os.pathsep.join([REPO, HERE, os.environ.get("PYTHONPATH", "")]))
 
 
-def worker(model_dir: str, coordinator: str, num_processes: str, process_id: str):
+def worker(model_dir: str, coordinator: str, num_processes: str, process_id: str, teacher: str = ""):
     from alexatm_jax.training import distributed
     if int(num_processes) > 1:
         assert distributed.initialize(coordinator, int(num_processes), int(process_id))
     import jax
     from test_train_support import copy_batches, run_train
+    from alexatm_jax.training.distillation import DistillConfig
 
     result = run_train(model_dir=model_dir, train_steps=STEPS, batch_size=8,
                            task_feature_lengths={"inputs": 32, "targets": 32}, mesh="data=2,fsdp=2",
                            model_overrides={"d_model": 64, "num_heads": 4, "encoder_ffn_dim": 128,
                                             "decoder_ffn_dim": 128},
                            learning_rate=1e-3, warmup_steps=2, log_every_steps=1, checkpoint_every_steps=2,
-                           tensorboard=False, batch_iterator_fn=copy_batches)
+                           tensorboard=False, batch_iterator_fn=copy_batches,
+                           distillation=DistillConfig(teacher=teacher, alpha=0.5) if teacher else None)
     print(json.dumps({"processes": jax.process_count(), "devices": jax.device_count(),
                       "local_devices": jax.local_device_count(), "step": result["step"]}))
 
@@ -45,13 +48,22 @@ def _losses(model_dir):
     return [r["loss"] for r in read_metrics(model_dir) if "loss" in r]
 
 
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("distill", [False, True], ids=["plain", "distillation"])
+def test_two_processes_match_one(tmp_path, distill):
+    """With ``distill``, each process also loads a teacher onto the shared mesh and runs it inside the step."""
     single_dir, multi_dir = str(tmp_path / "single"), str(tmp_path / "multi")
-    single = subprocess.run([sys.executable, __file__, single_dir, "-", "1", "0"], env=_env(4),
+    teacher = ""
+    if distill:
+        from test_train_support import copy_batches, run_train
+        teacher = str(tmp_path / "teacher")
+        run_train(model_dir=teacher, train_steps=2, batch_size=8, task_feature_lengths={"inputs": 32, "targets": 32},
+                  learning_rate=1e-3, warmup_steps=1, checkpoint_every_steps=2, batch_iterator_fn=copy_batches,
+                  async_checkpointing=False)
+    single = subprocess.run([sys.executable, __file__, single_dir, "-", "1", "0", teacher], env=_env(4),
                             capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-4000:]
     coordinator = f"127.0.0.1:{free_port()}"
-    procs = [subprocess.Popen([sys.executable, __file__, multi_dir, coordinator, "2", str(i)], env=_env(2),
+    procs = [subprocess.Popen([sys.executable, __file__, multi_dir, coordinator, "2", str(i), teacher], env=_env(2),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outputs):
@@ -64,6 +76,9 @@ def test_two_processes_match_one(tmp_path):
     np.testing.assert_allclose(multi_losses, single_losses, atol=1e-5, rtol=0)
     steps = sorted(int(n) for n in os.listdir(os.path.join(multi_dir, "checkpoints")) if n.isdigit())
     assert steps[-1] == STEPS
+    if distill:
+        from alexatm_jax.training.metrics import read_metrics
+        assert all(r["kl_loss"] > 0 for r in read_metrics(multi_dir) if "loss" in r)
 
 
 if __name__ == "__main__":

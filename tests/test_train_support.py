@@ -103,7 +103,7 @@ def run_train(*, model_dir, train_steps, batch_size, task_feature_lengths, mesh=
               model_overrides=None, batch_iterator_fn=None, log_every_steps=1, checkpoint_every_steps=1000,
               keep_checkpoints=3, keep_best_checkpoints=0, async_checkpointing=True, tensorboard=False,
               eval_every_steps=0, eval_steps=2, mixture_or_task_name="alexatm_demo", seed=0, data_seed=0,
-              init_from=None, eval_only=False, optimizer="adamw", **rest):
+              init_from=None, eval_only=False, optimizer="adamw", distillation=None, init_layers=None, **rest):
     """``trainer.train`` from flat keyword arguments (the tests' shorthand for the gin-bound dataclasses)."""
     from alexatm_jax.model.config import get_preset
     from alexatm_jax.training import configs, trainer
@@ -113,7 +113,7 @@ def run_train(*, model_dir, train_steps, batch_size, task_feature_lengths, mesh=
     config = get_preset(model_preset).replace(**SEQIO_IDS, **dict(model_overrides or {}))
     return trainer.train(
         model_dir=model_dir, train_steps=train_steps, model_config=config, mesh=mesh, seed=seed, init_from=init_from,
-        eval_only=eval_only,
+        eval_only=eval_only, distillation=distillation, init_layers=init_layers,
         data=configs.DataConfig(mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
                                 batch_size=batch_size, seed=data_seed, batch_iterator_fn=batch_iterator_fn),
         optimizer=configs.OptimizerConfig(name=optimizer, **{k: v for k, v in rest.items() if k in _OPTIMIZER_KEYS}),

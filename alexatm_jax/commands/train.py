@@ -132,6 +132,7 @@ def parse_gin(gin_files: list[str], bindings: list[tuple[str, str]], search_path
     import gin
 
     import alexatm_jax.data.tasks  # noqa: F401  (registers alexatm_mixture, read by data/alexatm_mixture.gin)
+    import alexatm_jax.data.teacher_targets  # noqa: F401  (registers teacher_targets_task for run files)
     import alexatm_jax.training.trainer  # noqa: F401  (registers `train`, ModelConfig and the run's configs)
 
     search = [os.getcwd()] + list(search_paths) + [REPO_GIN_DIR]

@@ -471,6 +471,54 @@ def register_mixture(name: str, sources: Mapping[str, seqio.DataSource], objecti
 _OBJ_LANG: Dict[str, tuple] = {}
 
 
+def held_out_split(texts: Sequence[str], fraction: float, split: str) -> List[str]:
+    """Deterministic train/validation split of one language's documents: every document whose position
+    falls on the validation grid (about ``fraction`` of them, at least one) goes to ``validation``."""
+    if len(texts) < 2:
+        raise ValueError(f"{len(texts)} document(s): at least 2 are needed to hold one out for validation "
+                         "(or give a 'validation' file pattern)")
+    count = max(1, round(fraction * len(texts)))
+    held = {round(i * len(texts) / count) for i in range(count)}
+    return [t for i, t in enumerate(texts) if (i in held) == (split == "validation")]
+
+
+@gin.configurable(module="alexatm_jax")
+def text_files_mixture(files: Mapping[str, object] = gin.REQUIRED, name: str = "text_files",
+                       objectives: Sequence[str] = ("denoise", "clm"), validation_fraction: float = 0.02,
+                       text_key: str = "text", tokenizer_path: Optional[str] = None) -> str:
+    """Registers the mixture ``name`` (AlexaTM's objectives over your own unlabelled text, e.g. in-domain text
+    for second-stage pretraining) and returns its name, so a run file can write
+    ``MIXTURE_OR_TASK_NAME = @text_files_mixture()``.
+
+    ``files``: ``{lang: glob}`` (a ``validation_fraction`` of each language's documents is held out, by
+    position) or ``{lang: {"train": glob, "validation": glob}}``; files as ``read_text_files`` reads them.
+    Languages are weighted by their characters with gin's ``alexatm_mixture.alpha``. ``tokenizer_path``: the
+    SentencePiece model of the run (default: the bundled one)."""
+    if not isinstance(files, Mapping) or not files:
+        raise ValueError(f"text_files_mixture.files must map languages to file globs, e.g. "
+                         f"{{'en': '/data/en/*.txt'}}, got {files!r}")
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"text_files_mixture.validation_fraction must be in (0, 1), got {validation_fraction!r}")
+    sources, sizes = {}, {}
+    for lang, pattern in files.items():
+        if lang not in LANG_IDS:
+            raise ValueError(f"text_files_mixture.files: unknown language {lang!r}; supported: {' '.join(LANGS)}")
+        if isinstance(pattern, Mapping):
+            source = files_source(pattern, text_key)
+        elif isinstance(pattern, str):
+            texts = read_text_files(pattern, text_key)
+            source = InMemoryTextSource(functools.partial(held_out_split, texts, validation_fraction),
+                                        ("train", "validation"), f"files {pattern!r} [{lang}]")
+        else:
+            raise ValueError(f"text_files_mixture.files[{lang!r}] must be a glob or {{'train': glob, "
+                             f"'validation': glob}}, got {pattern!r}")
+        sources[lang] = source
+        sizes[lang] = sum(len(t) for t in source.records("train"))
+    vocabulary = vocab_lib.get_vocabulary(tokenizer_path) if tokenizer_path else None
+    register_mixture(name, sources, objectives=tuple(objectives), sizes=sizes, vocabulary=vocabulary)
+    return name
+
+
 def bundled_sizes(split: str = "train") -> Dict[str, int]:
     """Tokens per language in the bundled corpus (from its manifest)."""
     return {lang: counts["tokens"] for lang, counts in bundled.manifest()["pretrain"][split].items()}

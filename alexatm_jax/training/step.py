@@ -16,7 +16,7 @@ microbatches, so any microbatch count or device count computes the same number.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,42 +48,73 @@ def _split_microbatches(batch: dict, num: int, sharding: NamedSharding) -> dict:
     return {k: split(v) for k, v in batch.items()}
 
 
-def make_train_step(layout: StateLayout, schedule: optax.Schedule, options: StepOptions) -> Callable:
-    """``step(state, batch, rng) -> (state, metrics)``, compiled by the layout's partitioner with the state's
-    shardings; the input state is donated. Metrics (replicated scalars): loss, z_loss, accuracy, grad_norm,
-    learning_rate, weight (target tokens), finite (1.0 if loss and gradients were finite)."""
+@dataclasses.dataclass(frozen=True)
+class DistillationTerms:
+    """What the train step needs to distill (``training/distillation.py``): the teacher's model object, its
+    parameter shardings, and alpha / temperature as functions of the step."""
+
+    teacher_model: Any
+    teacher_shardings: Any
+    alpha: Callable[[jax.Array], jax.Array]
+    temperature: Callable[[jax.Array], jax.Array]
+
+
+def make_train_step(layout: StateLayout, schedule: optax.Schedule, options: StepOptions,
+                    distill: Optional[DistillationTerms] = None) -> Callable:
+    """``step(state, batch, rng[, teacher_params]) -> (state, metrics)``, compiled by the layout's partitioner
+    with the state's shardings; the input state is donated. Metrics (replicated scalars): loss (the objective),
+    z_loss, accuracy, grad_norm, learning_rate, weight (target tokens), finite (1.0 if loss and gradients were
+    finite). With ``distill`` the step takes the teacher's parameters as a fourth argument and also reports
+    ce_loss, kl_loss, alpha and temperature; loss is then alpha * T^2 * kl_loss + (1 - alpha) * ce_loss."""
+    from alexatm_jax.training import distillation
+
     model, tx, partitioner = layout.model, layout.tx, layout.partitioner
     batch_sharding = partitioner.data_sharding
 
-    def grads_and_sums(params, batch, rng):
+    def grads_and_sums(params, batch, rng, teacher_params, alpha, temperature):
         def loss_fn(p, mb, r):
-            sums = model.loss_fn(p, mb, r, label_smoothing=options.label_smoothing, z_loss=options.z_loss)
-            return sums.loss, sums
+            if distill is None:
+                sums = model.loss_fn(p, mb, r, label_smoothing=options.label_smoothing, z_loss=options.z_loss)
+                return sums.loss, (sums, jnp.zeros((), jnp.float32))
+            student_logits = model.logits(p, mb, r)
+            sums = losses.loss_sums(student_logits, mb["decoder_target_tokens"], mb["decoder_loss_weights"],
+                                    options.label_smoothing, options.z_loss)
+            # The teacher is frozen: no gradient reaches its parameters, and no dropout.
+            teacher_logits = jax.lax.stop_gradient(distill.teacher_model.logits(teacher_params, mb))
+            kl = distillation.kl_divergence_sum(student_logits, teacher_logits, mb["decoder_loss_weights"],
+                                                temperature)
+            return distillation.distillation_objective(sums.loss, kl, alpha, temperature), (sums, kl)
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
         if options.num_microbatches == 1:
-            return grad_fn(params, batch, rng)
+            grads, (sums, kl) = grad_fn(params, batch, rng)
+            return grads, sums, kl
         micro = _split_microbatches(batch, options.num_microbatches, batch_sharding)
 
         def body(carry, xs):
-            acc_grads, acc_sums = carry
+            acc_grads, acc_sums, acc_kl = carry
             mb, index = xs
-            grads, sums = grad_fn(params, mb, jax.random.fold_in(rng, index))
-            return (jax.tree_util.tree_map(jnp.add, acc_grads, grads), losses.add_sums(acc_sums, sums)), None
+            grads, (sums, kl) = grad_fn(params, mb, jax.random.fold_in(rng, index))
+            return (jax.tree_util.tree_map(jnp.add, acc_grads, grads), losses.add_sums(acc_sums, sums),
+                    acc_kl + kl), None
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        (grads, sums), _ = jax.lax.scan(body, (zeros, losses.zero_sums()),
-                                        (micro, jnp.arange(options.num_microbatches)))
-        return grads, sums
+        (grads, sums, kl), _ = jax.lax.scan(body, (zeros, losses.zero_sums(), jnp.zeros((), jnp.float32)),
+                                            (micro, jnp.arange(options.num_microbatches)))
+        return grads, sums, kl
 
-    def step(state: TrainState, batch: dict, rng: jax.Array):
+    def step(state: TrainState, batch: dict, rng: jax.Array, teacher_params=None):
         # The dropout key depends only on (seed, step): a resumed run draws the same masks.
         dropout_rng = jax.random.fold_in(rng, state.step)
-        grads, sums = grads_and_sums(state.params, batch, dropout_rng)
+        alpha = distill.alpha(state.step) if distill else None
+        temperature = distill.temperature(state.step) if distill else None
+        grads, sums, kl = grads_and_sums(state.params, batch, dropout_rng, teacher_params, alpha, temperature)
         norm = jnp.maximum(sums.weight, 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / norm, grads)
         grad_norm = optax.tree.norm(grads)
-        loss = sums.loss / norm
+        ce_loss = sums.loss / norm
+        loss = ce_loss if distill is None else distillation.distillation_objective(ce_loss, kl / norm, alpha,
+                                                                                   temperature)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -95,11 +126,17 @@ def make_train_step(layout: StateLayout, schedule: optax.Schedule, options: Step
         metrics = dict(loss=loss, z_loss=sums.z_loss / norm, accuracy=sums.correct / norm,
                        grad_norm=grad_norm, learning_rate=schedule(state.step), weight=sums.weight,
                        finite=finite.astype(jnp.float32))
+        if distill is not None:
+            metrics.update(ce_loss=ce_loss, kl_loss=kl / norm, alpha=alpha, temperature=temperature)
         return new_state, metrics
 
     replicated = partitioner.replicated
-    return partitioner.partition(step, (layout.shardings, partitioner.batch_shardings(BATCH_FEATURES), replicated),
-                                 (layout.shardings, replicated), donate_argnums=(0,))
+    in_shardings = (layout.shardings, partitioner.batch_shardings(BATCH_FEATURES), replicated)
+    if distill is None:
+        return partitioner.partition(step, in_shardings, (layout.shardings, replicated), donate_argnums=(0,))
+    compiled = partitioner.partition(step, in_shardings + (distill.teacher_shardings,),
+                                     (layout.shardings, replicated), donate_argnums=(0,))
+    return compiled
 
 
 def make_eval_step(layout: StateLayout, options: StepOptions) -> Callable:

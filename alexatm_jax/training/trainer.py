@@ -22,6 +22,7 @@ from alexatm_jax import features, storage
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.training.configs import (CheckpointConfig, DataConfig, EvalConfig, LoggingConfig, OptimizerConfig,
                                           StepConfig, plain_model_config)
+from alexatm_jax.training.distillation import DistillConfig
 from alexatm_jax.training.hooks import (CheckpointHook, EvalHook, Hook, LoggingHook, NonFiniteHook, PreemptionHook,
                                         StepInfo, TrainingError, host_scalar)
 from alexatm_jax.training.run_dir import cleaned_up_on_early_failure
@@ -189,7 +190,67 @@ def _make_evaluate(eval_step, data: DataConfig, evaluation: EvalConfig, partitio
     return evaluate
 
 
-def _restore_or_init(layout, manager, init_rng, init_from, report, with_data: bool):
+def _distillation_problems(distillation, config: ModelConfig, tokenizer_path: str) -> list[str]:
+    if distillation is None:
+        return []
+    from alexatm_jax.training import distillation as distill_lib
+
+    if not isinstance(distillation, distill_lib.DistillConfig):
+        return [f"train.distillation must be a DistillConfig (@DistillConfig() in gin), got {distillation!r}"]
+    problems = distillation.problems()
+    if problems:
+        return problems
+    teacher_config = distill_lib.read_teacher_config(distillation.teacher)
+    return distill_lib.vocabulary_problems(teacher_config, config, distillation.teacher, tokenizer_path)
+
+
+def _make_train_step(layout, schedule, options, distillation, train_steps: int, data: DataConfig, report):
+    """(step(state, batch, rng), extra model FLOPs per step): the plain step, or the distillation step with the
+    teacher loaded onto the mesh and passed in as an argument at every call."""
+    from alexatm_jax.training import distillation as distill_lib, flops, step as step_lib
+
+    if distillation is None:
+        return step_lib.make_train_step(layout, schedule, options), 0.0
+    teacher = distill_lib.load_teacher(distillation, layout.partitioner, report)
+    alpha, temperature = distillation.schedules(train_steps)
+    compiled = step_lib.make_train_step(
+        layout, schedule, options, step_lib.DistillationTerms(teacher.model, teacher.shardings, alpha, temperature))
+    teacher_flops = data.batch_size * flops.forward_flops_per_sequence(teacher.model.config, data.inputs_length,
+                                                                       data.targets_length)
+    return (lambda state, batch, rng: compiled(state, batch, rng, teacher.params)), teacher_flops
+
+
+def _init_params_from(layout, init_from: str, init_layers: Optional[dict], report):
+    """The parameters that start a fine-tuning (or distillation) run: ``init_from``'s, restored straight into
+    this run's shardings; or, when it has other layer counts (or ``init_layers`` is given), the chosen subset
+    of its layers (``checkpoints/layer_init.py``)."""
+    from alexatm_jax.checkpoints import layer_init, model_dir as model_dir_lib
+
+    source_config = model_dir_lib.read_config(init_from)
+    config = layout.model.config
+    layer_counts_differ = (source_config.encoder_layers, source_config.decoder_layers) != (
+        config.encoder_layers, config.decoder_layers)
+    if init_layers is not None and (not isinstance(init_layers, dict) or set(init_layers) - {"encoder", "decoder"}):
+        raise ValueError(f"train.init_layers must be a dict with keys 'encoder' and/or 'decoder' (each a layer "
+                         f"choice such as 'every_other' or a list of indices), got {init_layers!r}")
+    if not layer_counts_differ and init_layers is None:
+        layer_init.check_compatible(source_config, config)
+        if source_config.scan_layers == config.scan_layers:
+            _, params = model_dir_lib.restore_params(init_from, layout.abstract.params)
+            report(f"Initialised from {init_from}")
+            return params
+    layer_init.check_compatible(source_config, config)
+    _, source_params = model_dir_lib.restore_params(init_from, model_dir_lib.abstract_params(source_config))
+    init_layers = init_layers or {}
+    params, chosen = layer_init.student_params_from_teacher(
+        source_params, source_config, config, encoder_layers=init_layers.get("encoder"),
+        decoder_layers=init_layers.get("decoder"))
+    report(f"Initialised from {init_from}: encoder layers {chosen['encoder']}, decoder layers {chosen['decoder']} "
+           f"of its {source_config.encoder_layers}+{source_config.decoder_layers}")
+    return jax.device_put(params, layout.shardings.params)
+
+
+def _restore_or_init(layout, manager, init_rng, init_from, report, with_data: bool, init_layers=None):
     """(state, start_step, data_state): the newest readable checkpoint, else a fresh state (with the
     parameters of ``init_from`` for fine-tuning: a run directory or an exported model directory)."""
     from alexatm_jax.training import checkpointing
@@ -203,9 +264,7 @@ def _restore_or_init(layout, manager, init_rng, init_from, report, with_data: bo
         report(f"Resumed from step {step} ({checkpointing.checkpoint_dir(manager.directory.parent)})")
         return state, step, data_state
     if init_from:
-        from alexatm_jax.checkpoints import model_dir as model_dir_lib
-        _, params = model_dir_lib.restore_params(init_from, layout.abstract.params)
-        report(f"Initialised from {init_from}")
+        params = _init_params_from(layout, init_from, init_layers, report)
         return layout.init(init_rng, params), 0, None
     return layout.init(init_rng), 0, None
 
@@ -218,12 +277,17 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           checkpoint: Optional[CheckpointConfig] = None, logging: Optional[LoggingConfig] = None,
           evaluation: Optional[EvalConfig] = None, step: Optional[StepConfig] = None,
           mesh: str = "data=-1", logical_axis_rules: Optional[Sequence[Sequence[Any]]] = None,
-          init_from: Optional[str] = None, seed: int = 0, eval_only: bool = False) -> dict:
+          init_from: Optional[str] = None, init_layers: Optional[dict] = None,
+          distillation: Optional[DistillConfig] = None, seed: int = 0, eval_only: bool = False) -> dict:
     """Trains (or resumes training) in ``model_dir``; returns a summary dict (status, step, last metrics).
 
     The dataclass arguments default to their gin-bound instances (``DataConfig.batch_size = %BATCH_SIZE`` in
     the run files). ``init_from``: a run or model directory whose parameters start this run (fine-tuning, fresh
-    optimiser); ignored when ``model_dir`` already has checkpoints (then the run resumes). ``eval_only``:
+    optimiser); ignored when ``model_dir`` already has checkpoints (then the run resumes). When ``init_from``
+    has more layers than this model (same widths), the student takes a subset of them ("shrink and
+    fine-tune"): ``init_layers = {'encoder': spec, 'decoder': spec}``, spec as in
+    ``checkpoints.layer_init.choose_layers`` (None: its default). ``distillation``: a ``DistillConfig``
+    whose teacher guides every step (``training/distillation.py``). ``eval_only``:
     restore the newest checkpoint, measure the held-out loss, log it, train nothing.
     """
     from alexatm_jax import partitioning
@@ -245,7 +309,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     validate(model_dir=model_dir, train_steps=train_steps, config=config, data=data, optimizer=optimizer,
              checkpoint=checkpoint, logging=logging, evaluation=evaluation, step=step, mesh_sizes=mesh_sizes,
              extra=check_model_against_vocabulary(config, vocabulary, tokenizer_path)
-             + ([] if isinstance(seed, int) and not isinstance(seed, bool) else [f"train.seed must be an integer, got {seed!r}"]))
+             + ([] if isinstance(seed, int) and not isinstance(seed, bool) else [f"train.seed must be an integer, got {seed!r}"])
+             + _distillation_problems(distillation, config, tokenizer_path))
     if data.batch_iterator_fn is None:
         from alexatm_jax.data import pipeline as data_pipeline
         data_pipeline.check_vocabulary(data.mixture_or_task_name, tokenizer_path)
@@ -274,7 +339,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
                                   data.mixture_or_task_name)
     try:
         state, start_step, data_state = _restore_or_init(
-            layout, manager, init_rng, init_from, writer.message, with_data=data.resume_data_state and not eval_only)
+            layout, manager, init_rng, init_from, writer.message, with_data=data.resume_data_state and not eval_only,
+            init_layers=init_layers)
         if eval_only:
             if manager.latest_step() is None:
                 raise ValueError(f"eval_only: no checkpoint in {checkpointing.checkpoint_dir(model_dir)}")
@@ -305,7 +371,12 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
         if eval_hook:
             hooks.append(eval_hook)
         hooks.append(CheckpointHook(manager, checkpoint.every_steps, train_steps, batches.state, meta))
-        trainer = Trainer(step_lib.make_train_step(layout, schedule, options), batches, hooks,
+        train_step, step_flops = _make_train_step(layout, schedule, options, distillation, train_steps,
+                                                  data, writer.message)
+        logging_hook.flops_per_step += step_flops
+        if distillation is not None:
+            meta["teacher"] = distillation.teacher
+        trainer = Trainer(train_step, batches, hooks,
                           train_steps=train_steps, rng=dropout_rng, writer=writer,
                           checkpoint_dir=checkpointing.checkpoint_dir(model_dir))
         trainer.last_saved_step = start_step if start_step else None
