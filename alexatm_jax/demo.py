@@ -118,7 +118,6 @@ def train_stage(stage: Stage, output: Path, tokenizer: Path, in_domain: dict, tr
 
     from alexatm_jax.checkpoints.model_dir import latest_run_step
     from alexatm_jax.commands.train import parse_gin
-    from alexatm_jax.data import nlu_tasks, tasks, vocab
     from alexatm_jax.training import trainer
 
     model_dir = output / "models" / stage.role
@@ -155,10 +154,7 @@ def train_stage(stage: Stage, output: Path, tokenizer: Path, in_domain: dict, tr
         # The bundled tasks re-registered with the demo's own vocabulary (the gin files name them).
         if upstream:
             storage.write_text(record, json.dumps(upstream) + "\n")
-        vocabulary = vocab.get_vocabulary(str(tokenizer))
-        tasks.register_bundled(vocabulary=vocabulary)
-        nlu_tasks.register_bundled_nlu(vocabulary=vocabulary)
-        result = trainer.train()
+        result = trainer.train()  # re-registers the bundled tasks with the demo's vocabulary (tokenizer_path)
     finally:
         gin.clear_config()
     log(f"  {result['status']} at step {result['step']}")

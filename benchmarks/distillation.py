@@ -62,7 +62,9 @@ def main(argv=None) -> int:
     parser.add_argument("--text", default=None, help="JSON of {lang: glob} (default: the demo's in_domain files)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--kd-examples", type=int, default=1600, help="inputs the teacher decodes (sequence-level)")
-    parser.add_argument("--finetune-steps", type=int, default=250)
+    parser.add_argument("--finetune-steps", type=int, default=300, help="runs/demo_finetune.gin's 300")
+    parser.add_argument("--finetune-learning-rate", type=float, default=None,
+                        help="peak learning rate of the fine-tuning (default: runs/demo_finetune.gin's 2e-3)")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
@@ -99,12 +101,14 @@ def main(argv=None) -> int:
     targets = os.path.join(args.workdir, "teacher_targets")
     _stage(args.workdir, "teacher_targets", [sys.executable, "-c", register, "distill-targets", "--teacher", teacher,
                                              "--output", targets, "--task", "kd_bench_text",
-                                             "--num-examples", str(args.kd_examples), "--inputs-length", "128",
+                                             "--num-examples", str(args.kd_examples),
+                                             "--lengths", "inputs=128,targets=64",
                                              "--max-new-tokens", "64", "--batch-size", "64"], stages)
     _stage(args.workdir, "sequence_level", cli + ["train", *student,
                                                   "--gin_file=gin_configs/runs/train_on_teacher_targets.gin",
                                                   f"--gin.MODEL_DIR={runs['sequence_level']!r}",
-                                                  f"--gin.TEACHER_TARGETS={targets!r}", f"--gin.TOKENIZER={tokenizer!r}",
+                                                  f"--gin.TEACHER_TARGETS={targets!r}",
+                                                  f"--gin.DataConfig.tokenizer_path={tokenizer!r}",
                                                   *common, "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 64}"],
            stages)
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -122,6 +126,8 @@ def main(argv=None) -> int:
             "train", *student, "--gin_file=gin_configs/runs/finetune_debian_section.gin",
             "--gin_file=gin_configs/runs/demo_finetune.gin", f"--gin.MODEL_DIR={finetuned!r}",
             f"--gin.INIT_FROM={runs[method]!r}", f"--gin.TRAIN_STEPS={args.finetune_steps}",
+            *([f"--gin.OptimizerConfig.learning_rate={args.finetune_learning_rate}"]
+              if args.finetune_learning_rate else []),
             f"--gin.DataConfig.tokenizer_path={tokenizer!r}", "--gin.LoggingConfig.tensorboard=False"], stages)
         evaluation = os.path.join(args.workdir, f"{method}_eval")
         _stage(args.workdir, f"{method}_eval", cli + [
@@ -165,7 +171,9 @@ def markdown(results: dict) -> str:
              f"initialisation, {results['settings']['steps']} steps x 8 rows of 128+128 tokens on the in-domain "
              f"text; sequence-level: the teacher's greedy targets (at most 64 tokens) for the first "
              f"{results['settings']['kd_examples']} inputs of the same mixture",
-             f"- then each fine-tuned {results['settings']['finetune_steps']} steps on the English section labels "
+             f"- then each fine-tuned {results['settings']['finetune_steps']} steps (peak learning rate "
+             f"{results['settings']['finetune_learning_rate'] or 'of runs/demo_finetune.gin, 2e-3'}) on the English "
+             "section labels "
              "(runs/finetune_debian_section.gin + runs/demo_finetune.gin) and evaluated zero-shot by rank "
              "classification; ± is the standard error", "",
              "| student | held-out in-domain loss | training tokens/s | " + " | ".join(langs) + " | mean of 7 zero-shot |",

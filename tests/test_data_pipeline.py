@@ -231,3 +231,14 @@ def test_mixture_vocabulary_must_match_the_run_tokenizer(tmp_path):
     spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "other"), vocab_size=30)
     with pytest.raises(ValueError, match="tokenizes with .* but the run's tokenizer is"):
         pipeline.check_vocabulary("alexatm_demo", str(tmp_path / "other.model"))
+    # The bundled tasks hold text: a run with its own tokenizer re-registers them with it (what train does).
+    from alexatm_jax.data import tasks
+    try:
+        tasks.use_vocabulary_for_bundled(str(tmp_path / "other.model"))
+        for name in ("alexatm_demo", "debian_section", "debian_section_ja"):
+            assert tasks.is_bundled(name)
+            pipeline.check_vocabulary(name, str(tmp_path / "other.model"))
+        assert not tasks.is_bundled("my_task")
+    finally:
+        tasks.use_vocabulary_for_bundled(bundled.bundled_spm_path())
+    pipeline.check_vocabulary("debian_section", bundled.bundled_spm_path())

@@ -540,6 +540,22 @@ def register_bundled(vocabulary=None) -> None:
              objective_rates={"ul2_r": 0.4, "ul2_x": 0.4, "ul2_s": 0.2})
 
 
+def is_bundled(name: str) -> bool:
+    """Whether ``name`` is one of the tasks or mixtures registered on the bundled data (re-registrable with any
+    vocabulary, since they hold text)."""
+    from alexatm_jax.data import nlu_tasks
+    return name.startswith(PREFIX) or name == nlu_tasks.TASK_NAME or name.startswith(nlu_tasks.TASK_NAME + "_")
+
+
+def use_vocabulary_for_bundled(tokenizer_path: str) -> None:
+    """Re-registers every bundled task and mixture (pretraining and NLU) with ``tokenizer_path``'s vocabulary:
+    what a run on the bundled data with its own tokenizer (a demo model, a converted model) needs."""
+    from alexatm_jax.data import nlu_tasks
+    vocabulary = vocab_lib.get_vocabulary(tokenizer_path)
+    register_bundled(vocabulary=vocabulary)
+    nlu_tasks.register_bundled_nlu(vocabulary=vocabulary)
+
+
 register_bundled()
 
 # Labelled fine-tuning tasks (debian_section, debian_section_<lang>) register with the rest.

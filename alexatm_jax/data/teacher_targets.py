@@ -602,8 +602,9 @@ def teacher_targets_task(directory=gin.REQUIRED, name: Optional[str] = None) -> 
     ``teacher_targets``), for run files: ``MIXTURE_OR_TASK_NAME = @teacher_targets_task()`` with
     ``teacher_targets_task.directory = %TEACHER_TARGETS``."""
     if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
-        raise ValueError(f"teacher_targets_task.directory must be the path of a dataset made by `alexatm-jax "
-                         f"distill-targets`, got {directory!r} (bind TEACHER_TARGETS)")
+        given = "is not set" if directory is gin.REQUIRED else f"is {directory!r}"
+        raise ValueError(f"teacher_targets_task.directory {given}: bind TEACHER_TARGETS to a dataset made by "
+                         "`alexatm-jax distill-targets`, e.g. --gin.TEACHER_TARGETS=\"'/data/kd'\"")
     name = name or DEFAULT_TASK_NAME
     register_task(name, directory)
     return name

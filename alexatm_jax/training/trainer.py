@@ -312,7 +312,10 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
              + ([] if isinstance(seed, int) and not isinstance(seed, bool) else [f"train.seed must be an integer, got {seed!r}"])
              + _distillation_problems(distillation, config, tokenizer_path))
     if data.batch_iterator_fn is None:
-        from alexatm_jax.data import pipeline as data_pipeline
+        from alexatm_jax.data import pipeline as data_pipeline, tasks as tasks_lib
+        if data.tokenizer_path and any(tasks_lib.is_bundled(name) for name in (
+                data.mixture_or_task_name, data.eval_mixture_or_task_name or "")):
+            tasks_lib.use_vocabulary_for_bundled(tokenizer_path)  # the bundled data holds text: any vocabulary
         data_pipeline.check_vocabulary(data.mixture_or_task_name, tokenizer_path)
 
     # ---- The objects every step goes through. ----
