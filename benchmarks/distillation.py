@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune-learning-rate", type=float, default=None,
                         help="peak learning rate of the fine-tuning (default: runs/demo_finetune.gin's 2e-3)")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's notes")
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     teacher = os.path.abspath(args.teacher)
@@ -113,7 +114,8 @@ def main(argv=None) -> int:
            stages)
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
-               "teacher": teacher, "text": text, "settings": vars(args), "stages": stages, "methods": {}}
+               "teacher": teacher, "text": text, "settings": vars(args), "stages": stages, "methods": {},
+               "notes": args.note}
     for method in METHODS:
         # The same held-out in-domain text for every student: the mixture's validation split.
         _stage(args.workdir, f"{method}_validation", cli + [
@@ -194,6 +196,8 @@ def markdown(results: dict) -> str:
                   "one after the other on the same machine).", "",
               "Stages (seconds on the shared machine):", ""]
     lines += [f"- {name}: {stage.get('seconds')}s" for name, stage in results["stages"].items()]
+    if results.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines) + "\n"
 
 
