@@ -230,6 +230,35 @@ def test_a_student_trains_on_it_with_the_run_file(tmp_path, dataset, capsys):
     assert list(state["positions"]["tasks"]) == ["teacher_targets"] and state["positions"]["examples"] >= 6
 
 
+def test_bundled_task_inputs_use_the_teachers_own_vocabulary(tmp_path, teacher):
+    """A teacher with its own tokenizer (a demo model) decodes a bundled task's inputs tokenized with that
+    tokenizer, as `train` feeds the bundled tasks."""
+    import shutil
+
+    import seqio
+
+    from alexatm_jax.data import bundled, debian_labels, tasks
+    from alexatm_jax.data.tokenizer_training import train_sentencepiece
+
+    texts = [debian_labels.input_text(r["summary"], r["description"]) for r in debian_labels.bundled_records("train", ["en"])][:400]
+    own = train_sentencepiece({"en": texts}, str(tmp_path / "own"), vocab_size=500)
+    other = tmp_path / "teacher"
+    shutil.copytree(teacher, other)
+    shutil.copyfile(own, other / "tokenizer.model")
+    output = str(tmp_path / "kd")
+    try:
+        assert cli.main(["distill-targets", "--teacher", str(other), "--output", output, "--task", "debian_section",
+                         "--num-examples", "3", "--lengths", "inputs=32,targets=8", "--max-new-tokens", "2"]) == 0
+        expected = [e["inputs"].tolist() for e in seqio.get_mixture_or_task("debian_section").get_dataset(
+            {"inputs": 32, "targets": 8}, split="train", shuffle=False, seed=0).take(3).as_numpy_iterator()]
+        assert seqio.get_mixture_or_task("debian_section").output_features["inputs"].vocabulary \
+            .sentencepiece_model_file == str(other / "tokenizer.model")
+    finally:
+        tasks.use_vocabulary_for_bundled(bundled.bundled_spm_path())
+    stored = [r["inputs_ids"] for r in teacher_targets.read_dataset(output)]
+    assert stored == [row[:-1] for row in expected]  # stored without the EOS the task appended
+
+
 def _bad_jsonl(tmp_path, *records) -> str:
     path = tmp_path / "bad.jsonl"
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))

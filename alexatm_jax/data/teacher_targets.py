@@ -179,10 +179,13 @@ class TaskInputs:
         """(ids, token rows [EOS-terminated, as the task makes them]); fewer if the split is shorter."""
         from alexatm_jax.checkpoints import model_dir as model_dir_lib
 
+        teacher_model = model_dir_lib.tokenizer_path(lm.path) if lm.path else None
+        if teacher_model is not None and tasks.is_bundled(self.name) and not storage.is_remote(str(teacher_model)):
+            # The bundled tasks hold text: tokenize them with the teacher's vocabulary (as `train` does).
+            tasks.use_vocabulary_for_bundled(str(teacher_model))
         provider = self._provider()
         vocabulary = provider.output_features["inputs"].vocabulary
         task_model = getattr(vocabulary, "sentencepiece_model_file", None)
-        teacher_model = model_dir_lib.tokenizer_path(lm.path) if lm.path else None
         if task_model and teacher_model is not None and \
                 storage.resolve(task_model).read_bytes() != teacher_model.read_bytes():
             raise ValueError(f"task {self.name} tokenizes with {task_model} but the teacher was trained with "
