@@ -233,13 +233,14 @@ def _init_params_from(layout, init_from: str, init_layers: Optional[dict], repor
     if init_layers is not None and (not isinstance(init_layers, dict) or set(init_layers) - {"encoder", "decoder"}):
         raise ValueError(f"train.init_layers must be a dict with keys 'encoder' and/or 'decoder' (each a layer "
                          f"choice such as 'every_other' or a list of indices), got {init_layers!r}")
-    if not layer_counts_differ and init_layers is None:
+    try:
         layer_init.check_compatible(source_config, config)
-        if source_config.scan_layers == config.scan_layers:
-            _, params = model_dir_lib.restore_params(init_from, layout.abstract.params)
-            report(f"Initialised from {init_from}")
-            return params
-    layer_init.check_compatible(source_config, config)
+    except ValueError as error:
+        raise ValueError(f"train.init_from={init_from!r}: {error}") from None
+    if not layer_counts_differ and init_layers is None and source_config.scan_layers == config.scan_layers:
+        _, params = model_dir_lib.restore_params(init_from, layout.abstract.params)
+        report(f"Initialised from {init_from}")
+        return params
     _, source_params = model_dir_lib.restore_params(init_from, model_dir_lib.abstract_params(source_config))
     init_layers = init_layers or {}
     params, chosen = layer_init.student_params_from_teacher(
