@@ -57,13 +57,8 @@ class InMemoryExamplesSource(tasks.InMemorySource):
 
     def shard_tables(self, split: str, shard_info: Optional[seqio.ShardInfo]) -> Dict[str, np.ndarray]:
         """One shard's examples as ``{feature: string array [num_examples]}`` (record order), cached."""
-        examples = self.examples(split)
-        index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
-        if count > len(examples):
-            raise ValueError(f"{self._description} split {split!r} has {len(examples)} examples, fewer than the "
-                             f"{count} shards requested: use fewer processes or more data")
+        shard, index, count = self.shard(split, shard_info)
         if (split, index, count) not in self._tables:
-            shard = examples[index::count]
             self._tables[(split, index, count)] = {key: np.array([ex[key] for ex in shard], dtype=object)
                                                    for key in STRING_FEATURES}
         return self._tables[(split, index, count)]

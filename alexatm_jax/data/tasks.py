@@ -81,6 +81,16 @@ class InMemorySource(seqio.DataSource):
     def num_input_examples(self, split: str) -> int:
         return len(self.records(split))
 
+    def shard(self, split: str, shard_info: Optional[seqio.ShardInfo]) -> tuple[list, int, int]:
+        """(records of one shard in record order, shard index, shard count): records ``index, index + count,
+        ...``, so processes read disjoint records whatever their seeds."""
+        records = self.records(split)
+        index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+        if count > len(records):
+            raise ValueError(f"{self._description} split {split!r} has {len(records)} records, fewer than the "
+                             f"{count} shards requested: use fewer processes or more data")
+        return records[index::count], index, count
+
     @property
     def supports_arbitrary_sharding(self) -> bool:
         return True
@@ -103,12 +113,7 @@ class InMemoryTextSource(InMemorySource):
 
     def shard_texts(self, split: str, shard_info: Optional[seqio.ShardInfo]) -> List[str]:
         """The texts of one shard, in record order: records ``index, index + num_shards, ...``."""
-        texts = self.texts(split)
-        index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
-        if count > len(texts):
-            raise ValueError(f"{self._description} split {split!r} has {len(texts)} documents, fewer than the "
-                             f"{count} shards requested: use fewer processes or more data")
-        return texts[index::count]
+        return self.shard(split, shard_info)[0]
 
     def token_table(self, split: str, shard_info: Optional[seqio.ShardInfo], vocabulary) -> preprocessors.TokenTable:
         """One shard's documents tokenized with ``vocabulary`` (no EOS), cached per (split, shard, vocabulary)."""

@@ -503,13 +503,8 @@ class TeacherTargetsSource(tasks.InMemorySource):
     (row ``2k``: the inputs of its record ``k``, row ``2k + 1``: the targets) and its ids."""
 
     def shard_table(self, split: str, shard_info: Optional[seqio.ShardInfo]) -> Tuple[preprocessors.TokenTable, np.ndarray]:
-        records = self.records(split)
-        index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
-        if count > len(records):
-            raise ValueError(f"{self._description} split {split!r} has {len(records)} examples, fewer than the "
-                             f"{count} shards requested: use fewer processes or more data")
+        shard, index, count = self.shard(split, shard_info)
         if (split, index, count) not in self._tables:
-            shard = records[index::count]
             table = preprocessors.TokenTable.from_lists([row for r in shard for row in (r["inputs_ids"], r["targets_ids"])])
             self._tables[(split, index, count)] = (table, np.array([str(r["id"]) for r in shard], dtype=object))
         return self._tables[(split, index, count)]
