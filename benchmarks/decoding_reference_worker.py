@@ -1,6 +1,16 @@
 """Runs INSIDE the reference environment (torch, transformers 4.26.1, alexa-teacher-models 1.0.1), driven by
-``decoding_greedy.py``: builds a seeded random AlexaTM model, saves it in the release's format, and times the
-reference's greedy ``generate`` on a given batch. Never imported by our code."""
+``decoding.py``: builds a seeded random AlexaTM model, saves it in the release's format (our side converts and
+loads that very checkpoint), and times the reference's ``generate`` on a given batch. Never imported by our code.
+
+Protocol (one JSON object per line on stdout): after set-up it prints ``{"ready": ...}``; then each line
+``run MODE N`` (MODE: ``greedy``, ``beam`` or ``greedy_shipped``) times N calls and prints
+``{"seconds": [...], "tokens": [[...], ...]}``; ``quit`` ends it.
+
+Modes: ``greedy`` and ``beam`` use the model's KV cache. With transformers 4.26.1 the release's
+``prepare_inputs_for_generation`` reads its cache from a ``past`` argument, but ``generate`` passes
+``past_key_values``, so as shipped the cache is dropped and every step re-runs the decoder over the whole
+prefix (``greedy_shipped``). The cached modes rename the argument, nothing else: the stronger PyTorch peer.
+"""
 
 import json
 import sys
@@ -23,36 +33,34 @@ def main(job_path):
     model.save_pretrained(job["checkpoint_dir"])
     input_ids = torch.tensor(np.asarray(job["input_ids"]))
     attention_mask = torch.tensor(np.asarray(job["attention_mask"]))
-
-    def run(repeats):
-        timings, generated = [], None
-        with torch.no_grad():
-            # Warm-up: a two-token call (torch has nothing to compile; this pays first-call allocations).
-            model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=2, do_sample=False,
-                           num_beams=1)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                generated = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                           max_new_tokens=job["max_new_tokens"], do_sample=False, num_beams=1)
-                timings.append(time.perf_counter() - start)
-        return timings, generated[:, 1:].numpy()
-
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    # 1. As shipped. With transformers 4.26.1 the model's prepare_inputs_for_generation reads its cache from a
-    #    `past` argument, but generate passes `past_key_values`: the cache is dropped and every step re-runs
-    #    the decoder over the whole prefix.
-    results["shipped_seconds"], shipped = run(job["shipped_repeats"])
-    np.save(job["tokens_file"], shipped)
-    # 2. The same model with its KV cache reconnected (the argument renamed): a stronger PyTorch peer.
-    original = model.prepare_inputs_for_generation
+    shipped = model.prepare_inputs_for_generation
 
     def with_cache(decoder_input_ids, past=None, past_key_values=None, **kwargs):
-        return original(decoder_input_ids, past=past if past is not None else past_key_values, **kwargs)
+        return shipped(decoder_input_ids, past=past if past is not None else past_key_values, **kwargs)
 
-    model.prepare_inputs_for_generation = with_cache
-    results["cached_seconds"], cached = run(job["repeats"])
-    results["cached_equals_shipped"] = bool((cached == shipped).all())
-    json.dump(results, open(job["timings_file"], "w"))
+    def generate(mode, max_new_tokens):
+        model.prepare_inputs_for_generation = shipped if mode == "greedy_shipped" else with_cache
+        beams = job["num_beams"] if mode == "beam" else 1
+        with torch.no_grad():
+            return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                  do_sample=False, num_beams=beams, early_stopping=False,
+                                  length_penalty=job["length_penalty"])
+
+    for mode in ("greedy", "beam"):
+        generate(mode, 2)  # torch has nothing to compile: this pays first-call allocations
+    print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        if not command or command[0] == "quit":
+            break
+        mode, repeats = command[1], int(command[2])
+        seconds, generated = [], None
+        for _ in range(repeats):
+            start = time.perf_counter()
+            generated = generate(mode, job["max_new_tokens"])
+            seconds.append(time.perf_counter() - start)
+        print(json.dumps({"seconds": seconds, "tokens": generated[:, 1:].tolist()}), flush=True)
+
 
 if __name__ == "__main__":
     main(sys.argv[1])

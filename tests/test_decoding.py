@@ -18,7 +18,7 @@ PAD, START = 1, 2
 # cache bug changes the tokens instead of hiding under near-uniform logits.
 CONFIG = ModelConfig(vocab_size=48, d_model=32, encoder_layers=2, decoder_layers=2, num_heads=4,
                      encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=40, dropout_rate=0.0,
-                     init_std=0.3)
+                     init_std=0.3, scan_layers=False)
 
 
 def _model(config=CONFIG, seed=0):

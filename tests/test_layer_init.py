@@ -103,7 +103,8 @@ def test_train_init_from_a_deeper_model_takes_the_chosen_layers(tmp_path):
     assert read_config(student_dir).encoder_layers == 2
     for side, picks in (("encoder", [2, 3]), ("decoder", [0, 2])):
         for i, t in enumerate(picks):
-            _assert_same(_layer(student, side, i, False), _layer(teacher, side, t, False))
+            _assert_same(_layer(student, side, i, read_config(student_dir).scan_layers),
+                         _layer(teacher, side, t, read_config(teacher_dir).scan_layers))
     with pytest.raises(ValueError, match="d_model 128 vs 64"):
         run_train(model_dir=str(tmp_path / "other"), train_steps=1, init_from=teacher_dir,
                   model_overrides=dict(d_model=64), **common)

@@ -16,7 +16,7 @@ from alexatm_jax.model.transformer import AlexaTMTransformer
 
 TINY = PRESETS["tiny"].replace(vocab_size=97, d_model=32, num_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
                                max_position_embeddings=64, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
-                               decoder_start_token_id=0)
+                               decoder_start_token_id=0, scan_layers=False)
 
 
 def init(config, enc_len=10, dec_len=6, seed=0):

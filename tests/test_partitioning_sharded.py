@@ -62,7 +62,7 @@ def worker_parity(out_dir: str) -> dict:
     from test_train_support import CopyBatches
 
     config = get_preset("tiny").replace(vocab_size=256, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-                                        bos_token_id=3, **MODEL_OVERRIDES)
+                                        bos_token_id=3, **MODEL_OVERRIDES, scan_layers=False)
     model = EncoderDecoderModel(config)
     schedule = optimizer.learning_rate_schedule(1e-3, 1e-4, 2, 10)
     tx = optimizer.make_optimizer(model.abstract_params(), schedule=schedule)

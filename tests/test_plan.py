@@ -59,6 +59,12 @@ def test_plan_tiny_on_eight_virtual_devices():
     assert gib["temporaries"] > 0 and gib["total"] >= gib["params"] + gib["optimizer_state"]
     assert plan["model_flops_per_step"] == flops.train_step_flops(get_preset("tiny"), 8, 64, 64)
     assert "per device: params" in out and plan["compile_seconds"] > 0
+    # The compile time, split into tracing, lowering and XLA's compile, is in the human-readable output too.
+    phases = plan["trace_seconds"] + plan["lower_seconds"] + plan["xla_compile_seconds"]
+    assert min(plan["trace_seconds"], plan["lower_seconds"], plan["xla_compile_seconds"]) > 0
+    np.testing.assert_allclose(phases, plan["compile_seconds"], rtol=1e-6)
+    assert f"in {plan['compile_seconds']:.1f} s: trace" in out and "XLA compile" in out
+    assert f"2+2 layers {'scanned' if plan['scan_layers'] else 'unrolled'}" in out
 
     # Also every layout switch at once: scanned layers with the save_attention_out remat policy (this
     # policy was accepted by the config and crashed the plan with a KeyError).
@@ -67,6 +73,29 @@ def test_plan_tiny_on_eight_virtual_devices():
     assert rc == 0, err[-3000:]
     small = json.loads(out.strip().splitlines()[-1])
     assert small["fits"] is False and small["remat_policy"] == "save_attention_out" and small["scan_layers"] is True
+    assert "2+2 layers scanned" in out
+
+
+def test_compile_time_benchmark_on_tiny_depths(tmp_path):
+    """benchmarks/compile_time.py's core: one fresh plan process per depth, timings per phase, results files."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("compile_time", os.path.join(REPO, "benchmarks", "compile_time.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    points = bench.measure("tiny", ["1+1"], ["1+1"], "fsdp=2", 2, 16, 16)
+    assert [(p["encoder_layers"], p["decoder_layers"], p["scan_layers"]) for p in points] == [(1, 1, True),
+                                                                                             (1, 1, False)]
+    for p in points:
+        assert p["devices"] == 2 and p["process_seconds"] > p["compile_seconds"] > p["xla_compile_seconds"] > 0
+        assert "--xla_force_host_platform_device_count=2" in p["xla_flags"]
+    args = types.SimpleNamespace(preset="tiny", mesh="fsdp=2", batch=2, inputs=16, targets=16, notes=["a note"])
+    bench.write(str(tmp_path), args, points, "python benchmarks/compile_time.py --preset tiny")
+    data = json.loads((tmp_path / "compile_time.json").read_text())
+    assert len(data["points"]) == 2 and data["machine"]["cpu_count"] and len(data["load_average_at_end"]) == 3
+    text = (tmp_path / "compile_time.md").read_text()
+    assert "| 1+1 | scanned |" in text and "| 1+1 | unrolled |" in text and "a note" in text
 
 
 @pytest.mark.parametrize("args,message", [

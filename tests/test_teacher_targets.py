@@ -25,7 +25,8 @@ from alexatm_jax.models import EncoderDecoderModel
 # The repo's convention for models on the bundled SentencePiece model: pad 0 = decoder start, EOS 1.
 CONFIG = ModelConfig(vocab_size=8192, d_model=32, encoder_layers=1, decoder_layers=1, num_heads=2,
                      encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=512, dropout_rate=0.0,
-                     pad_token_id=0, eos_token_id=1, bos_token_id=3, decoder_start_token_id=0, init_std=0.1)
+                     pad_token_id=0, eos_token_id=1, bos_token_id=3, decoder_start_token_id=0, init_std=0.1,
+                     scan_layers=False)  # unrolled: the random teacher these tests were tuned on
 EOS = CONFIG.eos_token_id
 MAX_NEW = 6
 TEXTS = ["Summary: a text editor\nDescription: edits files", "Summary: a game\nDescription: play chess",

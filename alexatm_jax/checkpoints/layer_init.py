@@ -19,14 +19,15 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from alexatm_jax.model import param_layout
 from alexatm_jax.model.config import ModelConfig
 
 LayerSpec = Union[None, str, Sequence[int]]
 SIDES = ("encoder", "decoder")
 # Fields that may differ between teacher and student: layer counts, the parameter layout and what only affects
 # computation (dropout, dtypes, remat). Every other field shapes parameters or the function computed.
-FREE_FIELDS = {"encoder_layers", "decoder_layers", "scan_layers", "remat_policy", "dtype", "param_dtype",
-               "dropout_rate", "attention_dropout_rate"}
+FREE_FIELDS = {"encoder_layers", "decoder_layers", "scan_layers", "remat_policy", "attention_impl", "dtype",
+               "param_dtype", "dropout_rate", "attention_dropout_rate"}
 
 
 def choose_layers(spec: LayerSpec, teacher_layers: int, student_layers: int, side: str) -> list[int]:
@@ -73,18 +74,6 @@ def check_compatible(teacher: ModelConfig, student: ModelConfig) -> None:
                            "run's ModelConfig to its values)")
 
 
-def _layers(tree: dict, count: int, scanned: bool) -> list:
-    if scanned:
-        return [_index(tree["layers"], i) for i in range(count)]
-    return [tree[f"layers_{i}"] for i in range(count)]
-
-
-def _index(tree: Any, i: int) -> Any:
-    if isinstance(tree, dict):
-        return {k: _index(v, i) for k, v in tree.items()}
-    return tree[i]
-
-
 def _stack(trees: Sequence[Any]) -> Any:
     if isinstance(trees[0], dict):
         return {k: _stack([t[k] for t in trees]) for k in trees[0]}
@@ -105,7 +94,8 @@ def student_params_from_teacher(teacher_params: Any, teacher_config: ModelConfig
     params = dict(teacher_params)
     for side in SIDES:
         tree = dict(teacher_params[side])
-        layers = _layers(tree, getattr(teacher_config, f"{side}_layers"), teacher_config.scan_layers)
+        layers = param_layout.layer_trees(tree, getattr(teacher_config, f"{side}_layers"),
+                                          teacher_config.scan_layers)
         for key in [k for k in tree if k == "layers" or k.startswith("layers_")]:
             del tree[key]
         picked = [layers[i] for i in chosen[side]]

@@ -44,6 +44,24 @@ FINGERPRINTED_FILES = ("pipeline.py", "preprocessors.py", "tasks.py", "vocab.py"
                        "text_files.py")
 
 _log = logging.getLogger(__name__)
+# Overrides the tf.data thread count (default: the CPUs this process may run on); see ``data_threads``.
+THREADS_ENV = "ALEXATM_DATA_THREADS"
+
+
+def data_threads(num_threads: Optional[int] = None) -> int:
+    """Threads for tf.data's private pool: ``num_threads`` if given, else ``$ALEXATM_DATA_THREADS``, else the
+    CPUs this process may run on (its affinity mask: a container's or ``taskset``'s limit, not the host's
+    count). The AUTOTUNE'd ``map`` parallelism is bounded by it."""
+    if num_threads is None and os.environ.get(THREADS_ENV):
+        num_threads = int(os.environ[THREADS_ENV])
+    if num_threads is None:
+        try:
+            num_threads = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # no affinity API (macOS)
+            num_threads = os.cpu_count() or 1
+    if int(num_threads) < 1:
+        raise ValueError(f"the data pipeline needs at least one thread, got {num_threads}")
+    return int(num_threads)
 
 
 def _plain(fn):
@@ -312,11 +330,13 @@ def _shard_info(config: Mapping):
     return seqio.ShardInfo(index=config["shard_index"], num_shards=config["num_shards"])
 
 
-def _batched(config: Mapping, start: Optional[Positions] = None, skip_batches: int = 0, streams=None):
+def _batched(config: Mapping, start: Optional[Positions] = None, skip_batches: int = 0, streams=None,
+             num_threads: Optional[int] = None):
     """The batched dataset of ``config`` (``make_batch_iterator``'s arguments). Positional mixtures start at
     ``start`` and every batch has a ``cursor`` (int64 ``[1 + num_tasks]``: the positions after its last row);
     ``streams`` are their ``task_streams`` if already made. Other mixtures start from the beginning, with
-    ``skip_batches`` replayed."""
+    ``skip_batches`` replayed. Runs on a private pool of ``data_threads(num_threads)`` threads, in a
+    deterministic order (the batches do not depend on the thread count)."""
     import tensorflow as tf
 
     lengths = dict(config["task_feature_lengths"])
@@ -352,17 +372,21 @@ def _batched(config: Mapping, start: Optional[Positions] = None, skip_batches: i
     ds = ds.map(_plain(finish))
     if skip_batches:
         ds = ds.skip(skip_batches)
-    return ds.prefetch(2)
+    options = tf.data.Options()
+    options.deterministic = True  # parallel maps keep their input order: exact resume needs it
+    options.threading.private_threadpool_size = data_threads(num_threads)
+    return ds.prefetch(2).with_options(options)
 
 
 def build_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
                   split: str = "train", shard_index: int = 0, num_shards: int = 1, seed: int = 0, pack: bool = True,
-                  shuffle: bool = True, repeat: bool = True):
+                  shuffle: bool = True, repeat: bool = True, num_threads: Optional[int] = None):
     """The batched tf.data.Dataset behind ``make_batch_iterator`` (int32 features ``[batch_size, length]``,
     ``decoder_loss_weights`` float32), from the beginning of the stream."""
     config = _config(mixture_or_task_name, task_feature_lengths, batch_size, split=split, shard_index=shard_index,
                      num_shards=num_shards, seed=seed, pack=pack, shuffle=shuffle, repeat=repeat)
-    return _batched(config).map(_plain(lambda b: {k: v for k, v in b.items() if k != "cursor"}))
+    batches = _batched(config, num_threads=num_threads)
+    return batches.map(_plain(lambda b: {k: v for k, v in b.items() if k != "cursor"}))
 
 
 def check_vocabulary(mixture_or_task_name: str, tokenizer_path: str) -> None:
@@ -411,8 +435,9 @@ class BatchIterator:
     ``restore`` right after construction costs nothing extra.
     """
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, num_threads: Optional[int] = None):
         self._config = dict(config)
+        self._num_threads = data_threads(num_threads)  # not in the config: the batches do not depend on it
         members = _members(_provider(config["mixture_or_task_name"], config["split"]), config["split"])
         self._task_names = [task.name for task, _ in members]
         self._positional = _positional(members)
@@ -435,9 +460,10 @@ class BatchIterator:
     def __next__(self) -> Dict[str, np.ndarray]:
         if self._iterator is None:
             if self._positional:
-                dataset = _batched(self._config, start=self._position, streams=self._streams)
+                dataset = _batched(self._config, start=self._position, streams=self._streams,
+                                   num_threads=self._num_threads)
             else:
-                dataset = _batched(self._config, skip_batches=self._batches)
+                dataset = _batched(self._config, skip_batches=self._batches, num_threads=self._num_threads)
             self._iterator = iter(dataset)
         batch = {k: v.numpy() for k, v in next(self._iterator).items()}
         self._batches += 1
@@ -507,13 +533,16 @@ def _config(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], 
 
 def make_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
                         split: str = "train", shard_index: int = 0, num_shards: int = 1, seed: int = 0,
-                        pack: bool = True, shuffle: bool = True, repeat: bool = True) -> BatchIterator:
+                        pack: bool = True, shuffle: bool = True, repeat: bool = True,
+                        num_threads: Optional[int] = None) -> BatchIterator:
     """Batches of ``mixture_or_task_name`` for this process (``batch_size`` is per process).
 
     Deterministic for ``seed``; processes with different ``shard_index`` read disjoint documents.
     ``pack`` packs examples greedily into rows (segment ids/positions keep packed examples from attending to
-    each other). ``repeat=False`` gives one pass, the last batch padded with empty rows.
+    each other). ``repeat=False`` gives one pass, the last batch padded with empty rows. ``num_threads``:
+    tf.data's thread pool (default ``data_threads()``: ``$ALEXATM_DATA_THREADS`` or the CPUs this process may
+    use); it changes the speed, never the batches, and a state saved with one count restores with another.
     """
     return BatchIterator(_config(mixture_or_task_name, task_feature_lengths, batch_size, split=split,
                                  shard_index=shard_index, num_shards=num_shards, seed=seed, pack=pack,
-                                 shuffle=shuffle, repeat=repeat))
+                                 shuffle=shuffle, repeat=repeat), num_threads=num_threads)

@@ -84,6 +84,18 @@ def process_logits(logits: Array, temperature: float = 1.0, top_k: int = 0, top_
 # Greedy and sampling
 # ----------------------------------------------------------------------------------------------------------
 
+def first_argmax(logits: Array) -> Array:
+    """``jnp.argmax(logits, axis=-1)`` exactly (the first maximum; the first NaN if a row has one): [N, V] ->
+    [N] int32. Written as max, compare and min because XLA's CPU argmax is a single-threaded reduction over
+    (value, index) pairs: 0.57 ms a step for 8 x 32000 logits against 0.08 ms for this."""
+    vocab = logits.shape[-1]
+    index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    is_nan = jnp.isnan(logits)
+    first_max = jnp.min(jnp.where(logits == jnp.max(logits, axis=-1, keepdims=True), index, vocab), axis=-1)
+    first_nan = jnp.min(jnp.where(is_nan, index, vocab), axis=-1)
+    return jnp.where(jnp.any(is_nan, axis=-1), first_nan, first_max)
+
+
 class _SampleState(NamedTuple):
     step: Array          # int32 scalar: index of the token chosen next
     last: Array          # [N] int32: token chosen at step - 1
@@ -108,7 +120,7 @@ def sample_search(initial_logits: Array, state: Any, step_fn: StepFn, *, max_new
 
     def choose(logits, step):
         if not do_sample:
-            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            return first_argmax(logits)
         processed = process_logits(logits, temperature, top_k, top_p)
         return jax.random.categorical(jax.random.fold_in(rng, step), processed, axis=-1).astype(jnp.int32)
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 import flax.linen as nn
 
+from alexatm_jax.model.attention import dot_product_attention
 from alexatm_jax.model.config import ModelConfig
 
 Array = jax.Array
@@ -168,9 +169,12 @@ def make_self_attention_mask(query_segments: Array, key_segments: Array, causal:
 class MultiHeadAttention(nn.Module):
     """Multi-head dot-product attention with biased q/k/v/out projections.
 
-    In ``decode`` mode a self-attention layer keeps a KV cache ([B, max_len, H, K] keys and values plus an
-    index) and takes any number of new query tokens per call; a cross-attention layer computes the keys and
-    values of the encoder output once, on the call that passes ``kv_inputs``, and reuses them afterwards.
+    In ``decode`` mode a self-attention layer keeps a KV cache (keys and values plus an index) and takes any
+    number of new query tokens per call; a cross-attention layer computes the keys and values of the encoder
+    output once, on the call that passes ``kv_inputs``, and reuses them afterwards. Caches are stored in the
+    layouts the score and context products read: keys [B, H, K, max_len], values [B, H, max_len, K]. Stored
+    as [B, max_len, H, K], every decoding step re-transposed every layer's caches (on CPU that was over half
+    the time of a step). Only the storage changes; the attention is computed the same.
     """
 
     config: ModelConfig
@@ -198,14 +202,12 @@ class MultiHeadAttention(nn.Module):
         key = nn.with_logical_constraint(key, ACT_HEADS)
         value = nn.with_logical_constraint(value, ACT_HEADS)
 
-        # Scores in float32: softmax over thousands of keys in bf16 loses the small probabilities.
-        scores = jnp.einsum("blhk,bshk->bhls", query, key, preferred_element_type=jnp.float32)
-        scores = scores / jnp.sqrt(jnp.float32(head_dim))
-        scores = scores + attention_bias(mask, jnp.float32)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype_of(cfg.dtype))
+        # model/attention.py: the hand-written attention (scores and softmax in float32) or the fused op.
+        dropout_fn = None  # attention dropout takes the plain path whatever attention_impl says
         if cfg.attention_dropout_rate > 0 and not self.deterministic:
-            probs = nn.Dropout(cfg.attention_dropout_rate)(probs, deterministic=False)
-        context = jnp.einsum("bhls,bshk->blhk", probs, value)
+            dropout_fn = functools.partial(nn.Dropout(cfg.attention_dropout_rate), deterministic=False)
+        context = dot_product_attention(query, key, value, mask, implementation=cfg.attention_impl,
+                                        dtype=dtype_of(cfg.dtype), dropout_fn=dropout_fn)
         context = nn.with_logical_constraint(context, ACT_HEADS)
         out = dense(cfg, cfg.d_model, ("heads", "kv", "embed"), ("embed",), axis=(-2, -1), name="out")(context)
         # Named so that remat_policy='save_attention_out' can keep it and recompute only the cheaper rest.
@@ -217,31 +219,56 @@ class MultiHeadAttention(nn.Module):
             return project(name="key")(kv_inputs), project(name="value")(kv_inputs)
         if kv_inputs is not None:
             key, value = project(name="key")(kv_inputs), project(name="value")(kv_inputs)
-            self.variable("cache", "cross_key", lambda: key).value = key
-            self.variable("cache", "cross_value", lambda: value).value = value
+            # The barrier keeps XLA from moving these transposes back into the decoding loop: the cross cache
+            # never changes there, and XLA otherwise carries it untransposed and transposes it every step.
+            stored_key, stored_value = jax.lax.optimization_barrier((_stored_key(key), _stored_value(value)))
+            self.variable("cache", "cross_key", lambda: stored_key).value = stored_key
+            self.variable("cache", "cross_value", lambda: stored_value).value = stored_value
             return key, value
         if not self.has_variable("cache", "cross_key"):
             raise ValueError("Cross-attention in decode mode needs the encoder output on the first call "
                              "(it computes the keys/values once and caches them); got none and no cache.")
-        return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
+        return (_read_key(self.get_variable("cache", "cross_key")),
+                _read_value(self.get_variable("cache", "cross_value")))
 
     def _update_self_cache(self, key, value):
+        """key, value [B, L, H, K] of the new tokens -> the whole cache's [B, max_len, H, K] (read through a
+        transpose of the stored layouts, which XLA folds into the products that consume them)."""
         initialised = self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, _stored_key(key).shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, _stored_value(value).shape, value.dtype)
         cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
         if not initialised:
             # Cache creation (model.init with decode=True): shapes only, plain attention this call.
             return key, value
         index = cache_index.value
         new_tokens = key.shape[1]
-        key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
-                                           (0, index, 0, 0))
-        value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
-                                             (0, index, 0, 0))
-        cached_key.value, cached_value.value = key, value
+        cached_key.value = jax.lax.dynamic_update_slice(
+            cached_key.value, _stored_key(key).astype(cached_key.value.dtype), (0, 0, 0, index))
+        cached_value.value = jax.lax.dynamic_update_slice(
+            cached_value.value, _stored_value(value).astype(cached_value.value.dtype), (0, 0, index, 0))
         cache_index.value = index + new_tokens
-        return key, value
+        return _read_key(cached_key.value), _read_value(cached_value.value)
+
+
+def _stored_key(key: Array) -> Array:
+    """Keys [B, L, H, K] -> [B, H, K, L], their cache layout (the contraction axis K before the keys)."""
+    return jnp.transpose(key, (0, 2, 3, 1))
+
+
+def _read_key(stored: Array) -> Array:
+    """A key cache [B, H, K, L] -> [B, L, H, K], as the attention reads keys."""
+    return jnp.transpose(stored, (0, 3, 1, 2))
+
+
+def _stored_value(value: Array) -> Array:
+    """Values [B, L, H, K] -> [B, H, L, K], their cache layout."""
+    return jnp.swapaxes(value, 1, 2)
+
+
+def _read_value(stored: Array) -> Array:
+    """A value cache [B, H, L, K] -> [B, L, H, K]."""
+    return jnp.swapaxes(stored, 1, 2)
 
 
 class MlpBlock(nn.Module):

@@ -194,11 +194,11 @@ class Decoder(nn.Module):
         return nn.with_logical_constraint(logits, L.ACT_VOCAB)
 
     def _cache_length(self) -> int:
-        """Length of the self-attention KV cache (the decode buffer), read from the first layer's cache."""
+        """Length of the self-attention KV cache (the decode buffer), read from the first layer's cache
+        (values are stored [..., B, H, max_len, K])."""
         cache = self.scope.variables()["cache"]
         layers = cache["layers"] if "layers" in cache else cache["layers_0"]
-        key = layers["self_attention"]["cached_key"]
-        return key.shape[-3]
+        return layers["self_attention"]["cached_value"].shape[-2]
 
 
 class AlexaTMTransformer(nn.Module):
