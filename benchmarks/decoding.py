@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from bench_workers import Worker  # noqa: E402
 DEFAULT_REFERENCE_PYTHON = HERE.parent / ".venv-ref" / "bin" / "python"
 SIZES = {
     "small": dict(vocab=32000, d_model=512, layers=6, heads=8, ffn=2048),
@@ -160,31 +161,6 @@ def our_worker(job_path):
                           "tokens": np.asarray(tokens).tolist()}), flush=True)
 
 
-class Worker:
-    """A long-lived benchmark process speaking the one-JSON-line protocol."""
-
-    def __init__(self, name, argv, env):
-        self.name = name
-        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.info = self._read()
-
-    def _read(self):
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.name} exited (code {self.process.wait()})")
-        return json.loads(line)
-
-    def run(self, mode, repeats):
-        self.process.stdin.write(f"run {mode} {repeats}\n")
-        self.process.stdin.flush()
-        return self._read()
-
-    def close(self):
-        self.process.stdin.write("quit\n")
-        self.process.stdin.flush()
-        self.process.wait()
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
@@ -222,7 +198,7 @@ def main(argv=None):
         for who, mode in blocks:
             loads.append(os.getloadavg()[0])
             worker = ours if who == "ours" else reference
-            reply = worker.run(mode, 1 if mode == "greedy_shipped" else args.repeats)
+            reply = worker.request("run", mode, 1 if mode == "greedy_shipped" else args.repeats)
             results[(who, mode)]["seconds"] += reply["seconds"]
             results[(who, mode)]["one_token_seconds"] += reply.get("one_token_seconds", [])
             tokens[(who, mode)] = np.asarray(reply["tokens"])

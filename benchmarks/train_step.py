@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from bench_workers import Worker  # noqa: E402
 DEFAULT_REFERENCE_PYTHON = HERE.parent / ".venv-ref" / "bin" / "python"
 
 # Variants of our step: ModelConfig changes over the default configuration.
@@ -144,31 +145,6 @@ def our_worker(job_path):
         print(json.dumps({"seconds": seconds}), flush=True)
 
 
-class Worker:
-    """A long-lived benchmark process speaking the one-JSON-line protocol."""
-
-    def __init__(self, name, argv, env):
-        self.name = name
-        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.info = self._read()
-
-    def _read(self):
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.name} exited (code {self.process.wait()})")
-        return json.loads(line)
-
-    def run(self, steps, what="step"):
-        self.process.stdin.write(f"run {steps} {what}\n")
-        self.process.stdin.flush()
-        return self._read()["seconds"]
-
-    def close(self):
-        self.process.stdin.write("quit\n")
-        self.process.stdin.flush()
-        self.process.wait()
-
-
 def machine_record(threads):
     import jax
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -217,10 +193,10 @@ def main(argv=None):
     for round_index in range(args.rounds):
         for name, worker in workers.items():
             loads.append(os.getloadavg()[0])
-            timings[name] += worker.run(args.steps)
+            timings[name] += worker.request("run", args.steps, "step")["seconds"]
         breakdown_worker = workers.get(f"ours {args.variants[0]}")
         for what in parts:
-            parts[what] += breakdown_worker.run(args.steps, what)
+            parts[what] += breakdown_worker.request("run", args.steps, what)["seconds"]
         print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
             f"{n} {statistics.median(t):.3f}s" for n, t in timings.items()), flush=True)
     infos = {name: w.info for name, w in workers.items()}
