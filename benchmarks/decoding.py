@@ -43,7 +43,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from bench_workers import Worker  # noqa: E402
+from bench_workers import Worker, write_results  # noqa: E402
 DEFAULT_REFERENCE_PYTHON = HERE.parent / ".venv-ref" / "bin" / "python"
 SIZES = {
     "small": dict(vocab=32000, d_model=512, layers=6, heads=8, ffn=2048),
@@ -244,12 +244,7 @@ def main(argv=None):
                              reference_shipped_equals_cached=bool(
                                  (tokens[("reference", "greedy_shipped")] == reference_tokens).all()))
         record["modes"][mode] = entry
-    output = Path(args.output or HERE / "results" / f"decoding_{args.size}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(record, indent=1)), (".md", markdown(record))):
-        temporary = output.with_name(output.name + suffix + ".tmp")
-        temporary.write_text(text + "\n")
-        os.replace(temporary, output.with_name(output.name + suffix))
+    write_results(Path(args.output or HERE / "results" / f"decoding_{args.size}"), record, markdown(record), indent=1)
     print(markdown(record))
 
 

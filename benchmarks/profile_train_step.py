@@ -38,25 +38,12 @@ def main(argv=None):
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     import train_step as bench
-    from alexatm_jax.models import EncoderDecoderModel
-    from alexatm_jax.partitioning import Partitioner
-    from alexatm_jax.training import optimizer, step as step_lib
-    from alexatm_jax.training.train_state import StateLayout
 
     shape = dict(vocab=8000, d_model=512, layers=6, heads=8, ffn=2048, batch=8, inputs=256, targets=256)
     changes = {"dtype": args.dtype}
     if args.scan:
         changes["scan_layers"] = args.scan == "true"
-    model = EncoderDecoderModel(bench.model_config(shape, changes))
-    partitioner = Partitioner("data=1", devices=jax.devices()[:1])
-    schedule = optimizer.learning_rate_schedule(1e-4, 5e-6, 10, 1000)
-    tx = optimizer.make_optimizer(model.abstract_params(), schedule=schedule)
-    layout = StateLayout(model, tx, partitioner)
-    train_step = step_lib.make_train_step(layout, schedule, step_lib.StepOptions())
-    batch = {k: jax.device_put(v, partitioner.data_sharding)
-             for k, v in bench.random_batch(8000, 8, 256, 256).items()}
-    holder = {"state": layout.init(jax.random.PRNGKey(0))}
-    rng = jax.random.PRNGKey(1)
+    model, train_step, batch, holder, rng = bench.our_step(shape, changes)
     forward = jax.jit(lambda p, b, r: model.loss_fn(p, b, r).loss)
     forward_backward = jax.jit(jax.grad(lambda p, b, r: model.loss_fn(p, b, r).loss))
 

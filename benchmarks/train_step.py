@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from bench_workers import Worker  # noqa: E402
+from bench_workers import Worker, write_results  # noqa: E402
 DEFAULT_REFERENCE_PYTHON = HERE.parent / ".venv-ref" / "bin" / "python"
 
 # Variants of our step: ModelConfig changes over the default configuration.
@@ -93,8 +93,9 @@ def random_batch(vocab, batch, inputs, targets):
                 decoder_segment_ids=ones_tg, decoder_positions=np.tile(np.arange(targets, dtype=np.int32), (batch, 1)))
 
 
-def our_worker(job_path):
-    """Our side of the protocol (see train_step_reference_worker.py): the project's real train step."""
+def our_step(shape, changes):
+    """(model, train_step, batch on the device, {"state": initial state}, dropout rng): the project's real train
+    step on one CPU device for ``shape`` (``parse_args``'s sizes) with ``changes`` to the ModelConfig."""
     import jax
 
     from alexatm_jax.models import EncoderDecoderModel
@@ -102,17 +103,23 @@ def our_worker(job_path):
     from alexatm_jax.training import optimizer, step as step_lib
     from alexatm_jax.training.train_state import StateLayout
 
-    job = json.loads(Path(job_path).read_text())
-    model = EncoderDecoderModel(model_config(job, job["changes"]))
+    model = EncoderDecoderModel(model_config(shape, changes))
     partitioner = Partitioner("data=1", devices=jax.devices()[:1])
     schedule = optimizer.learning_rate_schedule(1e-4, 5e-6, 10, 1000)
     tx = optimizer.make_optimizer(model.abstract_params(), schedule=schedule)
     layout = StateLayout(model, tx, partitioner)
     train_step = step_lib.make_train_step(layout, schedule, step_lib.StepOptions())
     batch = {k: jax.device_put(v, partitioner.data_sharding)
-             for k, v in random_batch(job["vocab"], job["batch"], job["inputs"], job["targets"]).items()}
-    holder = {"state": layout.init(jax.random.PRNGKey(0))}
-    rng = jax.random.PRNGKey(1)
+             for k, v in random_batch(shape["vocab"], shape["batch"], shape["inputs"], shape["targets"]).items()}
+    return model, train_step, batch, {"state": layout.init(jax.random.PRNGKey(0))}, jax.random.PRNGKey(1)
+
+
+def our_worker(job_path):
+    """Our side of the protocol (see train_step_reference_worker.py): the project's real train step."""
+    import jax
+
+    job = json.loads(Path(job_path).read_text())
+    model, train_step, batch, holder, rng = our_step(job, job["changes"])
 
     def step():
         holder["state"], metrics = train_step(holder["state"], batch, rng)
@@ -226,12 +233,7 @@ def main(argv=None):
               "breakdown_s": {k: statistics.median(v) for k, v in parts.items()} or None,
               "our_config": infos[f"ours {args.variants[0]}"]["config"],
               "reference": infos.get("reference")}
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(record, indent=2)), (".md", markdown(record))):
-        temporary = output.with_name(output.name + suffix + ".tmp")
-        temporary.write_text(text + "\n")
-        os.replace(temporary, output.with_name(output.name + suffix))
+    write_results(args.output, record, markdown(record), indent=2)
     print(markdown(record))
 
 
