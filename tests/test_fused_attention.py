@@ -1,4 +1,5 @@
-"""Attention implementations (model/attention.py): the plain path is today's formula bit for bit; the fused
+"""Attention implementations (model/attention.py): the plain path is the original formula bit for bit (to
+one rounding step for a single decoding query, where XLA lowers the products differently); the fused
 path (jax.nn.dot_product_attention, XLA lowering on CPU) agrees with it on every mask the model builds, in
 the forward pass and in gradients, for one attention call, the whole model and greedy decoding; the config
 switch is validated; the GPU benchmark script runs (on CPU, when told to)."""
@@ -83,7 +84,12 @@ def test_plain_path_is_the_old_formula_bit_for_bit(name, dtype):
                                                                   dtype=dtype))(q, k, v)
     old = jax.jit(lambda q, k, v: old_formula(q, k, v, mask, dtype))(q, k, v)
     assert new.dtype == old.dtype and new.shape == (B, length, H, K)
-    np.testing.assert_array_equal(np.asarray(new, np.float32), np.asarray(old, np.float32))
+    if length == 1 and dtype == jnp.float32:
+        # One query row: XLA:CPU lowers the two formulas' products to different kernels, which may round the
+        # last bit differently (decoding stays token-identical: tests/test_fast_paths.py's golden tokens).
+        np.testing.assert_allclose(np.asarray(new), np.asarray(old), rtol=2e-6, atol=1e-7)
+    else:
+        np.testing.assert_array_equal(np.asarray(new, np.float32), np.asarray(old, np.float32))
 
 
 def test_dropout_takes_the_plain_path_even_when_fused_is_asked():
@@ -188,7 +194,15 @@ def test_tiny_model_logits_and_gradients_agree():
     fused_logits, fused_grads = logits_and_grads(fused)
     np.testing.assert_allclose(fused_logits, plain_logits, atol=1e-5, rtol=1e-5)
     flat_plain, _ = jax.tree_util.tree_flatten_with_path(plain_grads)
+    overall = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(plain_grads))
     for (path, g_plain), g_fused in zip(flat_plain, jax.tree_util.tree_leaves(fused_grads)):
+        name = jax.tree_util.keystr(path)
+        if "['key']['bias']" in name:
+            # Zero in exact arithmetic (q . b_k shifts all of a query's scores alike; softmax ignores it):
+            # both paths leave rounding noise there, which is checked to be noise, not compared.
+            for g in (g_plain, g_fused):
+                assert float(jnp.max(jnp.abs(g))) < 1e-6 * overall, name
+            continue
         scale = max(float(jnp.max(jnp.abs(g_plain))), 1e-6)
         np.testing.assert_allclose(g_fused, g_plain, atol=1e-4 * scale, rtol=1e-3,
                                    err_msg=jax.tree_util.keystr(path))

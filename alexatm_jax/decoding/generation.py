@@ -76,11 +76,13 @@ def decode(model, params, tokens, segments, rng, settings, decode_fn: Optional[C
 
     def run(params, tokens, segments, rng):
         encoded = model.apply({"params": params}, tokens, segments, enable_dropout=False, method=model.encode)
-        if num_beams > 1:
-            # Row b * K + k is beam k of example b.
+        # Row b * K + k of the decoder is beam k of example b. With the cache, the encoder output and its
+        # cross-attention keys/values stay one row per example (the beams' queries are grouped onto them);
+        # the uncached reference recomputes cross-attention over a repeated encoder output.
+        rows = encoded.shape[0] * num_beams
+        if num_beams > 1 and not settings.use_cache:
             encoded = jnp.repeat(encoded, num_beams, axis=0)
             segments = jnp.repeat(segments, num_beams, axis=0)
-        rows = encoded.shape[0]
         start = jnp.full((rows, 1), decoder_start_token_id, jnp.int32)
 
         def decode(variables, decoder_tokens, enc, **kw):

@@ -58,7 +58,10 @@ class ModelConfig:
     # (benchmarks/results/train_step.md) and the compile time stays flat in depth; decoding unrolls them
     # itself (decoding/generation.py). Models saved unrolled keep their layout (config.json says which).
     scan_layers: bool = True
-    remat_policy: str = "none"
+    # Save only the matmul outputs for the backward pass and recompute the cheap elementwise rest: less
+    # memory than saving everything, and on a 2-core CPU a 1.2x faster f32 train step than "none" (fewer
+    # stacked residuals to write and read; benchmarks/results/train_step.md). Gradients agree to rounding.
+    remat_policy: str = "dots"
     attention_impl: str = "auto"
     dtype: str = "float32"
     param_dtype: str = "float32"

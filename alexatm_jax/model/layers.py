@@ -206,8 +206,12 @@ class MultiHeadAttention(nn.Module):
         dropout_fn = None  # attention dropout takes the plain path whatever attention_impl says
         if cfg.attention_dropout_rate > 0 and not self.deterministic:
             dropout_fn = functools.partial(nn.Dropout(cfg.attention_dropout_rate), deterministic=False)
-        context = dot_product_attention(query, key, value, mask, implementation=cfg.attention_impl,
-                                        dtype=dtype_of(cfg.dtype), dropout_fn=dropout_fn)
+        attend = functools.partial(dot_product_attention, implementation=cfg.attention_impl,
+                                   dtype=dtype_of(cfg.dtype), dropout_fn=dropout_fn)
+        if self.is_cross_attention and query.shape[0] != key.shape[0]:
+            context = _grouped_cross_attention(attend, query, key, value, mask)
+        else:
+            context = attend(query, key, value, mask)
         context = nn.with_logical_constraint(context, ACT_HEADS)
         out = dense(cfg, cfg.d_model, ("heads", "kv", "embed"), ("embed",), axis=(-2, -1), name="out")(context)
         # Named so that remat_policy='save_attention_out' can keep it and recompute only the cheaper rest.
@@ -249,6 +253,26 @@ class MultiHeadAttention(nn.Module):
             cached_value.value, _stored_value(value).astype(cached_value.value.dtype), (0, 0, index, 0))
         cache_index.value = index + new_tokens
         return _read_key(cached_key.value), _read_value(cached_value.value)
+
+
+def _grouped_cross_attention(attend, query: Array, key: Array, value: Array, mask: Array) -> Array:
+    """Cross-attention of G query rows per key row: query [B * G, L, H, K] (row b * G + g, e.g. beam g of
+    example b), key/value [B, S, H, K], mask [B, 1, L, S] -> context [B * G, L, H, K].
+
+    Beam search caches the encoder's keys/values once per example, not once per beam: the G beams of an
+    example attend to the same keys, so they are folded into the query length ([B, G * L, H, K]) and the
+    cache is read once for all of them, instead of being repeated G times (G times the bytes every step)."""
+    rows, length = query.shape[:2]
+    batch = key.shape[0]
+    if rows % batch:
+        raise ValueError(f"cross-attention got {rows} query rows for {batch} rows of keys/values; the query "
+                         f"rows must be a multiple (beams of each example, in order)")
+    group = rows // batch
+    folded = query.reshape((batch, group * length) + query.shape[2:])
+    mask = jnp.broadcast_to(mask[:, :, None], (batch, mask.shape[1], group) + mask.shape[2:])
+    mask = mask.reshape((batch, mask.shape[1], group * length, mask.shape[-1]))
+    context = attend(folded, key, value, mask)
+    return context.reshape(query.shape[:2] + context.shape[2:])
 
 
 def _stored_key(key: Array) -> Array:

@@ -158,8 +158,10 @@ class Decoder(nn.Module):
             else:
                 self_mask = L.make_self_attention_mask(jnp.ones_like(decoder_tokens),
                                                        jnp.ones_like(decoder_tokens), causal=True)
-            cross_mask = L.make_self_attention_mask(jnp.ones_like(decoder_tokens), encoder_segment_ids,
-                                                    causal=False)
+            # One mask row per encoder row: beam search keeps the encoder once per example (see
+            # layers._grouped_cross_attention), and every decoder row of an example sees the same keys.
+            query_ones = jnp.ones((encoder_segment_ids.shape[0], length), jnp.int32)
+            cross_mask = L.make_self_attention_mask(query_ones, encoder_segment_ids, causal=False)
         else:
             positions = default_positions(decoder_tokens) if decoder_positions is None else decoder_positions
             if decoder_segment_ids is None:
