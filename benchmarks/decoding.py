@@ -84,11 +84,13 @@ def streaming_bandwidth(gib: float = 1.0, repeats: int = 10) -> float:
     return array.nbytes / best
 
 
-def bytes_per_decoder_step(params, config, rows: int, input_length: int, max_new_tokens: int) -> dict:
+def bytes_per_decoder_step(params, config, rows: int, input_length: int, max_new_tokens: int,
+                           examples: int) -> dict:
     """What one incremental decoder step reads, by part, in bytes: every decoder-layer weight except the
     cross-attention key/value projections (applied once, to the encoder output), the final norm, the LM head
     and its bias, one embedding row per token, and the caches (self-attention keys and values over the whole
-    buffer, cross-attention keys and values over the input)."""
+    buffer for each of the ``rows`` decoder rows, cross-attention keys and values over the input once per
+    example: the beams of an example share them)."""
     import jax
 
     itemsize = np.dtype(config.dtype).itemsize
@@ -108,7 +110,7 @@ def bytes_per_decoder_step(params, config, rows: int, input_length: int, max_new
         head += table["embedding"].nbytes
     layers, d_model = config.decoder_layers, config.d_model
     self_cache = 2 * layers * rows * max_new_tokens * d_model * itemsize
-    cross_cache = 2 * layers * rows * input_length * d_model * itemsize
+    cross_cache = 2 * layers * examples * input_length * d_model * itemsize
     embeddings = 2 * rows * d_model * itemsize
     return {"decoder_layer_weights": layer_bytes, "lm_head": head, "self_attention_cache": self_cache,
             "cross_attention_cache": cross_cache, "embedding_rows": embeddings,
@@ -140,7 +142,8 @@ def our_worker(job_path):
         generate(mode, 1)
     rows = {mode: job["batch"] * (job["num_beams"] if mode == "beam" else 1) for mode in job["modes"]}
     step_bytes = {mode: bytes_per_decoder_step(lm.params, lm.config, rows[mode], job["input_length"],
-                                               job["max_new_tokens"]) for mode in job["modes"]}
+                                               job["max_new_tokens"], examples=job["batch"])
+                  for mode in job["modes"]}
     print(json.dumps({"ready": True, "jax": jax.__version__, "compile_and_first_call_s": compile_seconds,
                       "bytes_per_step": step_bytes, "config": lm.config.to_dict(),
                       "bandwidth_bytes_per_s": streaming_bandwidth()}), flush=True)

@@ -271,9 +271,8 @@ def markdown(record) -> str:
     if record.get("measured_bf16_matmul_peak_tflop_per_s"):
         bf16 = record["measured_bf16_matmul_peak_tflop_per_s"] / record["measured_f32_matmul_peak_tflop_per_s"]
         lines += ["", f"bf16: the measured bf16 matmul peak here is "
-                      f"{record['measured_bf16_matmul_peak_tflop_per_s'] * 1e3:.0f} GFLOP/s, {bf16:.2f}x the f32 one, "
-                      f"so bf16 compute can gain at most that much on this CPU's matmuls (plus halved activation "
-                      f"bytes)."]
+                      f"{record['measured_bf16_matmul_peak_tflop_per_s'] * 1e3:.0f} GFLOP/s, {bf16:.2f}x the f32 one: "
+                      f"on this CPU bf16 compute can only save activation bytes, not matmul time."]
     if record.get("breakdown_s"):
         b = record["breakdown_s"]
         step = record["results"][0]["median_step_s"]

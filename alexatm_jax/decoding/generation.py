@@ -63,8 +63,9 @@ def decode(model, params, tokens, segments, rng, settings, decode_fn: Optional[C
     if model.config.scan_layers or model.config.tie_word_embeddings:
         # Decode with the layers unrolled and the LM head untied: a scanned decoder slices every layer's
         # weights and caches out of the stacks at every step (1.5x slower a step on CPU at d_model 512), and a
-        # tied head reads the token table across its rows. The copies are made once per call, before the
-        # loop, and live only while it runs.
+        # tied head reads the token table across its rows. Here (``predict_batch`` traced by the caller) the
+        # copies are made once per call, before the loop; ``InferenceRunner.generate`` passes parameters
+        # already converted, once per parameter set, and skips this.
         params, decode_config = param_layout.for_decoding(params, model.config)
         model = model.clone(config=decode_config, parent=None)
     config = model.config
