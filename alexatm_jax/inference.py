@@ -41,6 +41,12 @@ def check_token_ids(ids: np.ndarray, vocab_size: int, name: str) -> None:
                          f"vocabulary has ids 0..{vocab_size - 1}); tokenize with the model's own tokenizer")
 
 
+# Largest model (bytes of parameters in the decoding layout) whose converted parameters ``generate`` keeps
+# between calls. Larger models convert inside every call, as ``predict_batch`` does: there a permanent second
+# copy would cost more device memory than the per-call copy costs time (the decoding loop dominates).
+DECODING_PARAMS_MAX_BYTES = 2 * 2 ** 30
+
+
 class InferenceRunner:
     """``model`` (an EncoderDecoderModel) compiled over ``partitioner`` for inference on numpy batches."""
 
@@ -156,6 +162,16 @@ class InferenceRunner:
         return InferenceRunner(EncoderDecoderModel(decode_config), self.partitioner)
 
     @functools.cached_property
+    def _keeps_decoding_params(self) -> bool:
+        """Whether ``generate`` keeps converted parameters between calls: only when they are small enough
+        (``DECODING_PARAMS_MAX_BYTES``) for a second copy to cost less than converting on every call."""
+        if self._decoding_runner is None:
+            return False
+        nbytes = sum(leaf.size * np.dtype(leaf.dtype).itemsize
+                     for leaf in jax.tree_util.tree_leaves(self._decoding_runner.model.abstract_params()))
+        return nbytes <= DECODING_PARAMS_MAX_BYTES
+
+    @functools.cached_property
     def _to_decoding_layout(self):
         config = self.model.config
         return jax.jit(lambda params: param_layout.for_decoding(params, config)[0],
@@ -166,8 +182,9 @@ class InferenceRunner:
 
         The converted copy is kept while the given arrays are alive (it is dropped when any of them is
         freed, or on the next call with other arrays): between calls that is a second copy of the
-        parameters, the same memory every ``generate`` call needs while it runs. Parameters are recognised
-        by the identity of their leaves (a new array, even with equal values, converts again)."""
+        parameters, the same memory every ``generate`` call needs while it runs; ``generate`` uses it only
+        for models up to ``DECODING_PARAMS_MAX_BYTES``. Parameters are recognised by the identity of their
+        leaves (a new array, even with equal values, converts again)."""
         leaves = jax.tree_util.tree_leaves(params)
         cached = self._decoding_params_cache
         if cached is not None and len(cached[0]) == len(leaves) and all(
@@ -235,7 +252,7 @@ class InferenceRunner:
         rng = jax.random.PRNGKey(0) if rng is None else rng
         padded, batch = self.partitioner.pad_batch([tokens, self._segments(tokens, segments)],
                                                    [self.model.config.pad_token_id, 0])
-        if self._decoding_runner is None:
+        if not self._keeps_decoding_params:
             out, scores = self._generate_fn(settings)(self.place_params(params), *padded, rng)
         else:
             # Decoding converts the layout (generation.decode) once per call inside the compiled function;

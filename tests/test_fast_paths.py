@@ -191,6 +191,19 @@ def test_generate_converts_the_layout_once_per_parameter_set(weights):
     assert runner._decoding_params_cache is None
 
 
+def test_large_models_convert_inside_every_generate_call(weights, monkeypatch):
+    from alexatm_jax import inference
+    from alexatm_jax.models import DecodingSettings, EncoderDecoderModel
+
+    monkeypatch.setattr(inference, "DECODING_PARAMS_MAX_BYTES", 1024)  # this model counts as large
+    _, scanned = weights
+    runner = inference.InferenceRunner(EncoderDecoderModel(SCANNED), inference.default_partitioner())
+    params = runner.place_params(scanned)
+    out, _ = runner.generate(params, TOKENS, (TOKENS != 1).astype(np.int32), DecodingSettings(max_new_tokens=9))
+    np.testing.assert_array_equal(out, GOLDEN_GREEDY)
+    assert runner._decoding_params_cache is None and "_to_decoding_layout" not in runner.__dict__
+
+
 def test_beams_share_one_row_of_cross_attention_keys():
     from alexatm_jax.model import layers as L
 
