@@ -35,7 +35,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
     import jax
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     import train_step as bench
 
@@ -65,7 +64,18 @@ def main(argv=None):
     start = time.perf_counter()
     run()
     untraced = time.perf_counter() - start
-    trace_dir = tempfile.mkdtemp(prefix="profile_step_")
+    totals, calls = traced_thunk_times(run)
+    print(f"{args.what}: {untraced:.3f} s untraced; {sum(totals.values()) / 1e3:.3f} s of thunk time summed over "
+          f"threads ({model.config.scan_layers=}, dtype {args.dtype})")
+    print_thunk_table(totals, calls, args.top)
+
+
+def traced_thunk_times(run) -> tuple[collections.Counter, collections.Counter]:
+    """Runs ``run()`` under the JAX profiler -> (milliseconds by thunk name, summed over threads; calls)."""
+    import jax
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    trace_dir = tempfile.mkdtemp(prefix="profile_")
     with jax.profiler.trace(trace_dir):
         run()
     path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
@@ -80,22 +90,26 @@ def main(argv=None):
                 if _is_thunk(name):
                     totals[name] += event.duration_ps / 1e9
                     calls[name] += 1
+    return totals, calls
+
+
+def print_thunk_table(totals: collections.Counter, calls: collections.Counter, top: int) -> None:
+    """The kind totals (dot / fusion / loop / other) and the ``top`` thunks by time."""
     busy = sum(totals.values())
-    print(f"{args.what}: {untraced:.3f} s untraced; {busy / 1e3:.3f} s of thunk time summed over threads "
-          f"({model.config.scan_layers=}, dtype {args.dtype})")
     kinds = collections.Counter()
     for name, ms in totals.items():
         kinds[_kind(name)] += ms
     print("by kind: " + ", ".join(f"{k} {v / 1e3:.3f} s ({v / busy:.0%})" for k, v in kinds.most_common()))
     print(f"{'name':60s} {'calls':>6s} {'ms':>9s} {'share':>6s}")
-    for name, ms in totals.most_common(args.top):
+    for name, ms in totals.most_common(top):
         print(f"{name[:60]:60s} {calls[name]:6d} {ms:9.1f} {ms / busy:6.1%}")
 
 
 def _is_thunk(name: str) -> bool:
     # Runtime bookkeeping events (executable launch, the whole program) would double-count their children.
+    # Host-side Python events (a jitted call, a transfer to numpy) would count the device time again.
     return not any(word in name for word in ("PjRt", "Execute", "ThunkExecutor", "jit_", "pjit", "XlaModule",
-                                             "TfrtCpu", "$"))
+                                             "TfrtCpu", "$", "PjitFunction", "np.asarray", "device_put"))
 
 
 def _kind(name: str) -> str:
