@@ -51,12 +51,17 @@ SIZES = {
 }
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The decoding shape options (model size, batch, lengths), shared with profile_decoding.py."""
     parser.add_argument("--size", default="small", choices=sorted(SIZES))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--input-length", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shape_arguments(parser)
     parser.add_argument("--num-beams", type=int, default=4)
     parser.add_argument("--modes", nargs="*", default=["greedy", "beam"], choices=("greedy", "beam"))
     parser.add_argument("--rounds", type=int, default=3)

@@ -25,14 +25,11 @@ sys.path.insert(0, str(HERE))
 
 
 def main(argv=None):
-    from decoding import SIZES
+    from decoding import SIZES, add_shape_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="small", choices=sorted(SIZES))
+    add_shape_arguments(parser)
     parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--input-length", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args(argv)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
