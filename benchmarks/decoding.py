@@ -78,15 +78,10 @@ def streaming_bandwidth(gib: float = 1.0, repeats: int = 10) -> float:
     achieves on this machine with XLA's own threads."""
     import jax
     import jax.numpy as jnp
+
+    from alexatm_jax.training.flops import best_call_seconds
     array = jnp.ones((int(gib * 2 ** 30) // 4,), jnp.float32)
-    total = jax.jit(jnp.sum)
-    total(array).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        total(array).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return array.nbytes / best
+    return array.nbytes / best_call_seconds(jax.jit(jnp.sum), array, repeats=repeats)
 
 
 def bytes_per_decoder_step(params, config, rows: int, input_length: int, max_new_tokens: int,

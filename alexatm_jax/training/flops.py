@@ -79,20 +79,25 @@ def measure_cpu_peak_flops(dtype: str = "float32", size: int = 2048, repeats: in
     """This machine's matmul FLOP/s on one CPU device (best of ``repeats`` ``size``^3 products): the peak
     MFU is measured against here, since CPU peaks differ from machine to machine. 2048 rather than a smaller
     size: 1024^3 products ran 1.6x below the 2048^3 rate on one machine, which inflated MFU by as much."""
-    import time
-
     import jax
     import jax.numpy as jnp
 
     x = jnp.ones((size, size), dtype)
-    product = jax.jit(lambda a: a @ a)
-    product(x).block_until_ready()
+    return 2.0 * size ** 3 / best_call_seconds(jax.jit(lambda a: a @ a), x, repeats=repeats)
+
+
+def best_call_seconds(fn, *args, repeats: int = 5) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn(*args)`` (a jitted function, waited for), in seconds,
+    after one untimed call that compiles it. Best rather than median: what the machine can do, not its load."""
+    import time
+
+    fn(*args).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        product(x).block_until_ready()
+        fn(*args).block_until_ready()
         best = min(best, time.perf_counter() - start)
-    return 2.0 * size ** 3 / best
+    return best
 
 
 def device_peak_flops(device, dtype: str = "bfloat16", override: Optional[float] = None) -> Optional[float]:
