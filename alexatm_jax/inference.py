@@ -256,7 +256,8 @@ class InferenceRunner:
             out, scores = self._generate_fn(settings)(self.place_params(params), *padded, rng)
         else:
             # Decoding converts the layout (generation.decode) once per call inside the compiled function;
-            # converted here instead, it is made once per parameter set (on CPU, 1.06x faster a greedy call at d_model 256, 1.04x at 512).
+            # converted here instead, it is made once per parameter set (on CPU, 1.06x faster a greedy
+            # call at d_model 256, 1.04x at 512).
             out, scores = self._decoding_runner._generate_fn(settings)(self.decoding_params(params), *padded, rng)
         return _to_numpy(out)[:batch], _to_numpy(scores)[:batch]
 

@@ -242,3 +242,28 @@ def test_mixture_vocabulary_must_match_the_run_tokenizer(tmp_path):
     finally:
         tasks.use_vocabulary_for_bundled(bundled.bundled_spm_path())
     pipeline.check_vocabulary("debian_section", bundled.bundled_spm_path())
+
+
+def test_thread_count_changes_speed_never_batches(run):
+    before, state, after = run
+    one = pipeline.make_batch_iterator("alexatm_demo", num_threads=1, **KW)
+    _assert_same_batches(before[:5], [next(one) for _ in range(5)])
+    # A state saved with the default pool restores into a one-thread iterator, and vice versa.
+    resumed = pipeline.make_batch_iterator("alexatm_demo", num_threads=1, **KW).restore(state)
+    _assert_same_batches(after[:3], [next(resumed) for _ in range(3)])
+
+
+def test_data_threads_sources_and_bad_values(monkeypatch):
+    import os
+
+    monkeypatch.delenv(pipeline.THREADS_ENV, raising=False)
+    assert pipeline.data_threads() == len(os.sched_getaffinity(0))
+    assert pipeline.data_threads(3) == 3
+    monkeypatch.setenv(pipeline.THREADS_ENV, "5")
+    assert pipeline.data_threads() == 5 and pipeline.data_threads(2) == 2  # the argument wins
+    for bad in ("many", "0", "-2", "1.5"):
+        monkeypatch.setenv(pipeline.THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=f"{pipeline.THREADS_ENV}='{bad}' is not a thread count"):
+            pipeline.data_threads()
+    with pytest.raises(ValueError, match="at least one thread"):
+        pipeline.data_threads(0)

@@ -53,7 +53,11 @@ def data_threads(num_threads: Optional[int] = None) -> int:
     CPUs this process may run on (its affinity mask: a container's or ``taskset``'s limit, not the host's
     count). The AUTOTUNE'd ``map`` parallelism is bounded by it."""
     if num_threads is None and os.environ.get(THREADS_ENV):
-        num_threads = int(os.environ[THREADS_ENV])
+        value = os.environ[THREADS_ENV]
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"{THREADS_ENV}={value!r} is not a thread count; set it to a whole number >= 1 "
+                             f"or unset it (default: the CPUs this process may use)")
+        num_threads = int(value)
     if num_threads is None:
         try:
             num_threads = len(os.sched_getaffinity(0))
