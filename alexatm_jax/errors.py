@@ -12,7 +12,9 @@ exits with 2; everything else is a bug and keeps its traceback. A user error is 
   on purpose carries a message written for the user. A ``ValueError`` raised anywhere else (inside numpy, JAX,
   a library, an implicit ``int('x')``) was not anticipated, so it is treated as a bug;
 * an ``OSError`` about a path the user named (missing, not a directory, a directory, no permission, read-only,
-  disk full, name too long...), worded from its errno and file name.
+  disk full, name too long...), worded from its errno and file name;
+* an ``ImportError`` from fsspec's registry: a ``s3://`` or ``az://`` path whose client (s3fs, adlfs) is an
+  optional package the user has not installed. Worded with the path and the ``pip install`` that fixes it.
 
 ``ALEXATM_DEBUG=1`` re-raises user errors too, with their tracebacks.
 """
@@ -23,6 +25,7 @@ import dis
 import errno
 import linecache
 import os
+import re
 from typing import Optional
 
 DEBUG_ENV = "ALEXATM_DEBUG"
@@ -91,6 +94,30 @@ def raised_on_purpose(error: BaseException) -> bool:
     return linecache.getline(code.co_filename, tb.tb_lineno).lstrip().startswith("raise")
 
 
+def _missing_storage_client(error: BaseException) -> Optional[tuple[str, str]]:
+    """(protocol, path) when ``error`` is fsspec's ImportError for an uninstalled filesystem client (s3fs for
+    s3://, adlfs for az://), else None. fsspec raises it on first use of the path, deep inside etils.epath, with
+    the protocol but not the path: the path is read from the frames on the way there."""
+    if not isinstance(error, ImportError):
+        return None
+    tb, frames = error.__traceback__, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    if not frames or not frames[-1].f_code.co_filename.replace(os.sep, "/").endswith("fsspec/registry.py"):
+        return None
+    protocol = frames[-1].f_locals.get("protocol")
+    if not isinstance(protocol, str):
+        return None
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, (str, os.PathLike)):
+                text = os.fspath(value)
+                if isinstance(text, str) and text.startswith(f"{protocol}://"):
+                    return protocol, text
+    return protocol, f"{protocol}://..."
+
+
 def is_user_error(error: BaseException) -> bool:
     """Whether the CLI reports ``error`` as the user's input (one line, exit 2) rather than as a bug."""
     error = original(error)
@@ -100,7 +127,7 @@ def is_user_error(error: BaseException) -> bool:
         return error.errno in _OS_HINTS or (error.errno is None and isinstance(error, _PATH_ERRORS))
     if isinstance(error, ValueError):
         return raised_on_purpose(error)
-    return False
+    return _missing_storage_client(error) is not None
 
 
 def _without_gin_context(text: str) -> str:
@@ -111,6 +138,14 @@ def _without_gin_context(text: str) -> str:
 def message(error: BaseException) -> str:
     """The one-line (or few-line) wording of a user error."""
     error = original(error)
+    missing = _missing_storage_client(error)
+    if missing is not None:
+        protocol, path = missing
+        # fsspec's known clients word it "Install s3fs to access S3"; others carry the module's name.
+        named = re.match(r"Install (\S+)", str(error))
+        package = named.group(1) if named else error.name
+        fix = f"pip install {package}" if package else "install fsspec's client for that protocol"
+        return f"{path}: {protocol}:// paths need a client that is not installed ({error}); {fix}"
     if isinstance(error, OSError) and error.errno in _OS_HINTS and error.filename is not None:
         what = str(error.filename)
         if getattr(error, "filename2", None) is not None:

@@ -611,3 +611,34 @@ def test_failed_run_removes_the_parent_folders_it_created(ctx, capsys):
     code = cli.main(train(ctx, f"--gin.train.init_from={ctx.tmp / 'no_init'}", model_dir=str(ctx.tmp / "a" / "b" / "run")))
     assert code == 2 and "no_init" in capsys.readouterr().err
     assert not (ctx.tmp / "a").exists()
+
+
+# ---- Object-store paths whose client is an optional package (s3fs, adlfs). ----
+
+@pytest.fixture()
+def without_s3fs(monkeypatch):
+    """s3fs as if it were not installed, whether or not it is: ``import s3fs`` fails and fsspec has not
+    cached the class."""
+    import importlib
+    registry = importlib.import_module("fsspec.registry")  # `fsspec.registry` is a mapping that hides it
+    monkeypatch.setitem(sys.modules, "s3fs", None)
+    monkeypatch.delitem(registry._registry, "s3", raising=False)
+
+
+@pytest.mark.parametrize("command", ["train", "generate"])
+def test_s3_path_without_s3fs_is_one_line_naming_the_path_and_the_package(ctx, without_s3fs, command, capsys):
+    argv = (train(ctx, model_dir="s3://bucket/run") if command == "train"
+            else gen(ctx, checkpoint="s3://bucket/model"))
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "s3://bucket/" in err and "pip install s3fs" in err, err
+
+
+def test_a_missing_import_of_our_own_is_a_bug_not_a_user_error(ctx, monkeypatch):
+    """Only fsspec's "client not installed" is the user's to fix; any other ImportError keeps its traceback."""
+    def broken(config):
+        import alexatm_jax_no_such_module  # noqa: F401
+    _patch_describe(monkeypatch, broken)
+    with pytest.raises(ImportError, match="alexatm_jax_no_such_module"):
+        cli.main(["describe", "--model", "tiny"])
