@@ -66,7 +66,8 @@ setup(
     package_dir={"alexatm_jax.task_cards": "tasks", "alexatm_jax.gin_configs": "gin_configs"},
     package_data={
         "alexatm_jax": ["data/bundled/*.json", "data/bundled/*/*", "data/bundled/*/*/*"],
-        "alexatm_jax.task_cards": ["*.yaml"],
+        # lm_eval/: lm-evaluation-harness task YAMLs and their loader (alexatm_jax.integrations.lm_eval).
+        "alexatm_jax.task_cards": ["*.yaml", "lm_eval/*.yaml", "lm_eval/*.py"],
         "alexatm_jax.gin_configs": ["*/*.gin"],
     },
     install_requires=INSTALL_REQUIRES,

@@ -68,7 +68,7 @@ def _offline(cache_dir):
         for name, value in (("HF_HUB_OFFLINE", True), ("HF_DATASETS_OFFLINE", True), ("HF_DATASETS_CACHE", cache_dir)):
             patch.setattr(datasets.config, name, value, raising=False)
         patch.setattr(socket.socket, "connect", refuse)
-        patch.chdir(REPO)  # the YAMLs' data_files are relative to the repository root
+        patch.chdir(cache_dir)  # not the repository: the YAMLs find their data through the package
         yield
 
 
@@ -101,14 +101,14 @@ def lm(run_dir):
 def evaluation(run_dir, tmp_path_factory):
     with _offline(tmp_path_factory.mktemp("hf_cache")):
         import lm_eval
-        from lm_eval.tasks import TaskManager
 
-        import alexatm_jax.integrations.lm_eval  # noqa: F401  (registers the "alexatm_jax" model type)
+        from alexatm_jax.integrations import lm_eval as adapter_module  # registers the "alexatm_jax" model type
 
+        assert os.path.samefile(adapter_module.TASKS_DIR, TASKS_DIR)
         # include_defaults=False: lm-eval's own few thousand task YAMLs are not indexed (20 s saved).
         return lm_eval.simple_evaluate(
             model="alexatm_jax", model_args=f"path={run_dir},batch_size=8", tasks=[SECTION, TRANSLATION, PERPLEXITY],
-            task_manager=TaskManager(include_path=TASKS_DIR, include_defaults=False), limit=LIMIT, log_samples=True,
+            task_manager=adapter_module.task_manager(include_defaults=False), limit=LIMIT, log_samples=True,
             bootstrap_iters=0)
 
 
@@ -281,13 +281,14 @@ def test_context_truncation_and_clm_mode(lm):
 
 
 def test_cli_on_two_devices_gives_the_same_log_likelihoods(evaluation, run_dir, tmp_path):
+    """lm-eval's CLI through our module, from outside the repository and with no --include_path: the
+    package's tasks are included by itself."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "alexatm_jax.integrations.lm_eval", "--model", "alexatm_jax",
                "--model_args", f"path={run_dir},mesh=data=1;fsdp=2", "--batch_size", "5",
-               "--include_path", TASKS_DIR, "--tasks", SECTION, "--limit", str(LIMIT), "--log_samples",
-               "--output_path", str(out)]
+               "--tasks", SECTION, "--limit", str(LIMIT), "--log_samples", "--output_path", str(out)]
     env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=2", HF_DATASETS_CACHE=str(tmp_path / "hf"))
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     results_file, = glob.glob(str(out / "**" / "results_*.json"), recursive=True)
     assert "fsdp=2" in json.load(open(results_file))["config"]["partitioner"]
@@ -299,3 +300,45 @@ def test_cli_on_two_devices_gives_the_same_log_likelihoods(evaluation, run_dir, 
         ours = [float(r[0]) for r in sharded[doc_id]["filtered_resps"]]
         theirs = [r[0] for r in sample["filtered_resps"]]
         assert all(_close(a, b) for a, b in zip(ours, theirs)), (ours, theirs)
+
+
+def test_include_path_is_added_only_when_the_command_names_none():
+    from alexatm_jax.integrations.lm_eval import TASKS_DIR as ours, with_tasks_dir
+
+    assert with_tasks_dir(["--model", "alexatm_jax", "--tasks", SECTION]) == [
+        "--model", "alexatm_jax", "--tasks", SECTION, "--include_path", ours]
+    assert with_tasks_dir(["ls", "tasks"]) == ["ls", "tasks", "--include_path", ours]
+    for own in (["run", "--tasks", "x", "--include_path", "/mine"], ["validate", "--include_path=/mine"]):
+        assert with_tasks_dir(own) == own
+    for untouched in ([], ["run"], ["--help"], ["run", "-h"]):
+        assert with_tasks_dir(untouched) == untouched
+
+
+def test_installed_package_carries_the_tasks_and_runs_them_from_any_directory(tmp_path):
+    """What ``pip install`` puts in site-packages (setup.py's build_py: packages and package data) holds the
+    task YAMLs and their loader, and lm-eval builds every task from that copy alone, in a directory with no
+    repository in sight."""
+    build = tmp_path / "site"
+    done = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(build)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    installed = build / "alexatm_jax" / "task_cards" / "lm_eval"
+    assert sorted(p.name for p in installed.iterdir()) == sorted(os.listdir(TASKS_DIR))
+    script = f"""
+import json, os, lm_eval.tasks
+from alexatm_jax.integrations import lm_eval as adapter_module
+assert adapter_module.TASKS_DIR.startswith({str(build)!r}), adapter_module.TASKS_DIR
+tasks = lm_eval.tasks.get_task_dict({[SECTION, TRANSLATION, PERPLEXITY]!r},
+                                    adapter_module.task_manager(include_defaults=False))
+print(json.dumps({{name: len(list(task.test_docs())) for name, task in tasks.items()}}))
+"""
+    env = _env(HF_DATASETS_CACHE=str(tmp_path / "hf"))
+    env["PYTHONPATH"] = str(build)  # the installed copy, not the repository
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    done = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    # The bundled English test split: 200 section descriptions, 24 UDHR sentences; German pairs exist.
+    assert counts[SECTION] == 200 and counts[PERPLEXITY] == 24 and counts[TRANSLATION] > 0, counts

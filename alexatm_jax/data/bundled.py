@@ -23,7 +23,8 @@ HELDOUT_NAMES = ("udhr_parallel", "debian_translation", "debian_summarization")
 NLU_NAMES = ("debian_section",)
 
 
-def _require(path: str) -> str:
+def require_bundled(path: str) -> str:
+    """``path`` if that bundled file exists, else FileNotFoundError naming it and the command that builds it."""
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"bundled data file {path} is missing: rebuild it with `make data` "
@@ -36,30 +37,30 @@ def heldout_path(name: str) -> str:
     name = name[:-len(".jsonl")] if name.endswith(".jsonl") else name
     if name not in HELDOUT_NAMES:
         raise ValueError(f"unknown held-out set {name!r}: choose one of {', '.join(HELDOUT_NAMES)}")
-    return _require(os.path.join(BUNDLED_DIR, "heldout", name + ".jsonl"))
+    return require_bundled(os.path.join(BUNDLED_DIR, "heldout", name + ".jsonl"))
 
 
 def nlu_path(name: str) -> str:
     """Path of a labelled NLU set (``debian_section``): records of ``alexatm_jax.data.debian_labels``."""
     if name not in NLU_NAMES:
         raise ValueError(f"unknown NLU set {name!r}: choose one of {', '.join(NLU_NAMES)}")
-    return _require(os.path.join(BUNDLED_DIR, "nlu", name + ".jsonl.gz"))
+    return require_bundled(os.path.join(BUNDLED_DIR, "nlu", name + ".jsonl.gz"))
 
 
 def pretrain_paths(split: str = "train") -> Dict[str, str]:
     """``{lang: path}`` of the pretraining documents for ``split`` (``train`` or ``validation``)."""
     if split not in PRETRAIN_SPLITS:
         raise ValueError(f"unknown pretraining split {split!r}: choose one of {', '.join(PRETRAIN_SPLITS)}")
-    return {lang: _require(os.path.join(BUNDLED_DIR, "pretrain", split, f"{lang}.jsonl.gz")) for lang in LANGS}
+    return {lang: require_bundled(os.path.join(BUNDLED_DIR, "pretrain", split, f"{lang}.jsonl.gz")) for lang in LANGS}
 
 
 def bundled_spm_path() -> str:
     """The SentencePiece model trained on the bundled pretraining text (vocab 8092 + 100 seqio extra ids)."""
-    return _require(os.path.join(BUNDLED_DIR, "spm", "alexatm_demo.model"))
+    return require_bundled(os.path.join(BUNDLED_DIR, "spm", "alexatm_demo.model"))
 
 
 def manifest() -> dict:
-    with open(_require(os.path.join(BUNDLED_DIR, "manifest.json")), encoding="utf-8") as f:
+    with open(require_bundled(os.path.join(BUNDLED_DIR, "manifest.json")), encoding="utf-8") as f:
         return json.load(f)
 
 

@@ -2,18 +2,21 @@
 
 Importing this module registers the model type, so from Python::
 
-    import lm_eval, alexatm_jax.integrations.lm_eval  # noqa: F401  (registers "alexatm_jax")
+    import lm_eval
+    from alexatm_jax.integrations import lm_eval as alexatm_lm_eval  # registers "alexatm_jax"
     lm_eval.simple_evaluate(model="alexatm_jax", model_args="path=RUN_OR_MODEL_DIR,batch_size=32",
-                            tasks=["alexatm_debian_section"],
-                            task_manager=lm_eval.tasks.TaskManager(include_path="tasks/lm_eval"))
+                            tasks=["alexatm_debian_section"], task_manager=alexatm_lm_eval.task_manager())
 
 lm-eval finds model types only in its registry (it has no plugin entry points), so its command line is
 reached through this module, which registers the type and then runs lm-eval's own CLI with the same
-arguments::
+arguments, adding ``--include_path TASKS_DIR`` (this package's task YAMLs, installed with it) unless the
+command gives its own::
 
     python -m alexatm_jax.integrations.lm_eval --model alexatm_jax \
-        --model_args path=RUN_DIR,mesh=data=2 --batch_size 32 --include_path tasks/lm_eval \
-        --tasks alexatm_debian_section
+        --model_args path=RUN_DIR,mesh=data=2 --batch_size 32 --tasks alexatm_debian_section
+
+``TASKS_DIR`` is ``tasks/lm_eval`` in a source checkout and ``alexatm_jax/task_cards/lm_eval`` once installed;
+the YAMLs read the bundled data through the package, so they run from any working directory.
 
 ``model_args``: ``path`` (a training run or an exported model directory, local or ``gs://``; ``pretrained`` is
 accepted too), ``step`` (a checkpoint of a run; default the newest), ``mesh`` (a spec such as ``data=2``; several
@@ -92,9 +95,12 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from alexatm_jax.evaluation import cards
 from alexatm_jax.evaluation.runner import pad_rows
 
 MODEL_NAME = "alexatm_jax"
+# The task YAMLs (tasks/lm_eval in a checkout, installed as alexatm_jax/task_cards/lm_eval).
+TASKS_DIR = str(cards.TASKS_DIR / "lm_eval")
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_GEN_TOKS = 256
 LENGTH_BUCKET = 32
@@ -484,13 +490,36 @@ class AlexaTMJaxLM(LM):
         return outputs  # type: ignore[return-value]
 
 
+def task_manager(**kwargs):
+    """lm-eval's ``TaskManager`` that also indexes this package's task YAMLs (``TASKS_DIR``); ``kwargs`` are
+    TaskManager's (``include_defaults=False`` skips lm-eval's own few thousand tasks). An ``include_path`` of
+    the caller's is searched after ours."""
+    from lm_eval.tasks import TaskManager
+
+    extra = kwargs.pop("include_path", None)
+    extra = [] if extra is None else list(extra) if isinstance(extra, (list, tuple)) else [extra]
+    return TaskManager(include_path=[TASKS_DIR, *extra], **kwargs)
+
+
+def with_tasks_dir(argv: Sequence[str]) -> list[str]:
+    """lm-eval command-line arguments with ``--include_path TASKS_DIR`` added when they name none (every
+    lm-eval subcommand, ``run`` / ``ls`` / ``validate``, accepts it; its value is one path). Help requests and
+    an empty command line are left as they are."""
+    argv = list(argv)
+    if not argv or argv in (["run"], ["ls"], ["validate"]) or any(a in ("-h", "--help") for a in argv):
+        return argv
+    if any(a == "--include_path" or a.startswith("--include_path=") for a in argv):
+        return argv
+    return argv + ["--include_path", TASKS_DIR]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """lm-eval's command line (``lm_eval ...`` / ``lm-eval run ...``) with the ``alexatm_jax`` model type
-    registered: ``python -m alexatm_jax.integrations.lm_eval --model alexatm_jax --model_args path=DIR ...``."""
+    registered and this package's tasks included: ``python -m alexatm_jax.integrations.lm_eval --model
+    alexatm_jax --model_args path=DIR --tasks alexatm_bundled ...``."""
     from lm_eval.__main__ import cli_evaluate
 
-    if argv is not None:
-        sys.argv = [sys.argv[0]] + list(argv)
+    sys.argv = [sys.argv[0]] + with_tasks_dir(sys.argv[1:] if argv is None else argv)
     cli_evaluate()
     return 0
 

@@ -1,8 +1,28 @@
-"""Document filters of the lm-eval task YAMLs in this folder (referenced as ``!function utils.NAME``).
+"""The data loader and document filters of the lm-eval task YAMLs in this folder (``!function utils.NAME``).
 
-The bundled files hold several languages and splits in one JSON-lines file (``split``: train / dev / test),
-so each task loads the file once per split it uses and keeps that split's records here.
+The data are the files bundled inside the installed package (``alexatm_jax/data/bundled``), found through the
+package rather than the working directory, so the tasks run from anywhere (and from the copy of this folder
+that ``pip install`` puts in ``alexatm_jax/task_cards/lm_eval``). Each bundled file holds several languages and
+splits in one JSON-lines file (``split``: train / dev / test): a task loads it once as every split it uses,
+and the filters below keep that split's records.
 """
+
+import os
+
+
+def bundled_dataset(bundled_file, splits=("test",), **_metadata):
+    """``custom_dataset`` of the YAMLs: the bundled JSON-lines file ``bundled_file`` (relative to
+    ``alexatm_jax/data/bundled``, e.g. ``nlu/debian_section.jsonl.gz``) as a DatasetDict with the same records
+    under each name in ``splits``. lm-eval passes the task's ``metadata`` (its version...) too: ignored."""
+    import datasets
+
+    from alexatm_jax.data import bundled
+
+    if isinstance(splits, str):
+        splits = [splits]
+    path = bundled.require_bundled(os.path.join(bundled.BUNDLED_DIR, bundled_file))
+    records = datasets.load_dataset("json", data_files=path, split="train")
+    return datasets.DatasetDict({name: records for name in splits})
 
 
 def _split(dataset, split, lang=None):
