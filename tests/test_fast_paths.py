@@ -99,17 +99,22 @@ def test_scanned_and_unrolled_layers_compute_the_same(weights):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
-def test_decoding_caches_are_stored_transposed():
-    """Keys [B, H, K, L] and values [B, H, L, K]: the layouts the attention products read without a copy."""
+@pytest.mark.parametrize("rows_per_example", [1, 3])
+def test_decoding_caches_are_stored_transposed(rows_per_example):
+    """Self-attention keys [B, H, K, L] and values [B, H, L, K]: the layouts the attention products read without
+    a copy. Cross-attention values [B, H, S, K]; its keys [B, H, S, K] with one decoder row per example
+    (greedy) and [B, H, K, S] with several (beams sharing their example's encoder keys)."""
     model = AlexaTMTransformer(UNROLLED)
     encoded = jnp.zeros((2, 5, 32))
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), encoded, None, jnp.zeros((2, 6), jnp.int32),
+    rows = 2 * rows_per_example
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), encoded, None, jnp.zeros((rows, 6), jnp.int32),
                                                encoder_segment_ids=jnp.ones((2, 5), jnp.int32), decode=True,
                                                enable_dropout=False, method=model.decode))["cache"]
     layer = shapes["decoder"]["layers_0"]
-    assert layer["self_attention"]["cached_key"].shape == (2, 4, 8, 6)
-    assert layer["self_attention"]["cached_value"].shape == (2, 4, 6, 8)
-    assert layer["encoder_decoder_attention"]["cross_key"].shape == (2, 4, 8, 5)
+    assert layer["self_attention"]["cached_key"].shape == (rows, 4, 8, 6)
+    assert layer["self_attention"]["cached_value"].shape == (rows, 4, 6, 8)
+    assert layer["encoder_decoder_attention"]["cross_key"].shape == ((2, 4, 5, 8) if rows_per_example == 1
+                                                                     else (2, 4, 8, 5))
     assert layer["encoder_decoder_attention"]["cross_value"].shape == (2, 4, 5, 8)
 
 
