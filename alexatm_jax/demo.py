@@ -241,7 +241,10 @@ def loss_curve(model_dir: Path) -> dict:
              "last_loss": train[-1]["loss"], "last_eval_loss": evals[-1]["eval_loss"] if evals else None,
              "tokens_per_second": train[-1].get("tokens_per_second")}
     if "kl_loss" in train[-1]:
-        curve.update(ce_loss=[r["ce_loss"] for r in train], kl_loss=[r["kl_loss"] for r in train])
+        # Distilled: "loss" is the objective (alpha * T^2 * KL + (1 - alpha) * CE). Its CE part is what the
+        # validation loss (plain CE on the labels) compares with.
+        curve.update(ce_loss=[r["ce_loss"] for r in train], kl_loss=[r["kl_loss"] for r in train],
+                     first_ce_loss=train[0]["ce_loss"], last_ce_loss=train[-1]["ce_loss"])
     return curve
 
 
@@ -343,7 +346,7 @@ def report(output: Path, tokenizer: Path, models: dict, nlu: dict, few_shot: lis
                                 "seconds": seconds.get(stage.role),
                                 **{k: v for k, v in curves[stage.role].items()
                                    if k in ("first_step", "first_loss", "last_step", "last_loss", "last_eval_loss",
-                                            "tokens_per_second")}}
+                                            "first_ce_loss", "last_ce_loss", "tokens_per_second")}}
                    for stage in STAGES},
         "nlu": {"task": NLU_TASK, "classifier": next(iter(nlu.values()))["classifier"], "rows": table,
                 "results_files": {role: str(output / "eval" / f"{NLU_TASK}_{role}" / "results.json")
@@ -360,8 +363,11 @@ def report(output: Path, tokenizer: Path, models: dict, nlu: dict, few_shot: lis
     log("\nTraining stages:")
     for stage in STAGES:
         s = summary["stages"][stage.role]
-        log(f"  {stage.role:15s} loss {s['first_loss']:.3f} -> {s['last_loss']:.3f} at step {s['last_step']}"
-            + (f" (validation {s['last_eval_loss']:.3f})" if s["last_eval_loss"] is not None else "")
+        distilled = "last_ce_loss" in s
+        log(f"  {stage.role:15s} {'distillation objective' if distilled else 'loss'} {s['first_loss']:.3f} -> "
+            f"{s['last_loss']:.3f} at step {s['last_step']}"
+            + (f", its CE on the labels {s['first_ce_loss']:.3f} -> {s['last_ce_loss']:.3f}" if distilled else "")
+            + (f" (validation CE {s['last_eval_loss']:.3f})" if s["last_eval_loss"] is not None else "")
             + f"  {models[stage.role]}")
     log(f"\nDebian section classification ({summary['nlu']['classifier']}), fine-tuned on English, accuracy % "
         "± standard error:\n\n" + markdown_accuracy_table(table))

@@ -45,8 +45,15 @@ def test_demo_pipeline_runs_end_to_end_and_reuses_its_results(tmp_path, capsys):
     from alexatm_jax.training.metrics import read_metrics
     student_metrics = [r for r in read_metrics(written["models"]["student"]) if "loss" in r]
     assert all(r["kl_loss"] > 0 and r["ce_loss"] > 0 for r in student_metrics)
+    # Its summary reports the CE part beside the objective (the validation loss is plain CE).
+    student = written["stages"]["student"]
+    assert (student["first_ce_loss"], student["last_ce_loss"]) == (student_metrics[0]["ce_loss"],
+                                                                   student_metrics[-1]["ce_loss"])
+    assert "first_ce_loss" not in written["stages"]["teacher"]
     captured = capsys.readouterr()
     assert "encoder layers [0, 2], decoder layers [0, 2] of its 4+4" in captured.out + captured.err
+    assert any(f"its CE on the labels {student['first_ce_loss']:.3f} -> {student['last_ce_loss']:.3f}" in line
+               for line in lines)
 
     # Zero-shot table: every language, majority baseline and both fine-tuned models, 3 examples each.
     rows = {row["lang"]: row for row in written["nlu"]["rows"]}
