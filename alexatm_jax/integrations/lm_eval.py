@@ -493,7 +493,7 @@ class AlexaTMJaxLM(LM):
 def task_manager(**kwargs):
     """lm-eval's ``TaskManager`` that also indexes this package's task YAMLs (``TASKS_DIR``); ``kwargs`` are
     TaskManager's (``include_defaults=False`` skips lm-eval's own few thousand tasks). An ``include_path`` of
-    the caller's is searched after ours."""
+    the caller's is indexed after ours, so a task of the same name there replaces ours."""
     from lm_eval.tasks import TaskManager
 
     extra = kwargs.pop("include_path", None)
