@@ -299,13 +299,13 @@ def _cross_key_layout(query_rows: int, key_rows: int) -> str:
 
 def _stored_key(key: Array, layout: str = KEYS_LAST) -> Array:
     """Keys [B, L, H, K] -> their cache layout: [B, H, K, L] (KEYS_LAST: the contraction axis K before the
-    keys) or [B, H, L, K] (KEY_DIM_LAST)."""
-    return jnp.transpose(key, (0, 2, 3, 1)) if layout == KEYS_LAST else jnp.swapaxes(key, 1, 2)
+    keys) or the values' [B, H, L, K] (KEY_DIM_LAST)."""
+    return jnp.transpose(key, (0, 2, 3, 1)) if layout == KEYS_LAST else _stored_value(key)
 
 
 def _read_key(stored: Array, layout: str = KEYS_LAST) -> Array:
     """A key cache in ``layout`` -> [B, L, H, K], as the attention reads keys."""
-    return jnp.transpose(stored, (0, 3, 1, 2)) if layout == KEYS_LAST else jnp.swapaxes(stored, 1, 2)
+    return jnp.transpose(stored, (0, 3, 1, 2)) if layout == KEYS_LAST else _read_value(stored)
 
 
 def _stored_value(value: Array) -> Array:
